@@ -1,0 +1,271 @@
+//! Upstream HTTP connections: connecting with a timeout, and the pool.
+//!
+//! HTTP/1.1: a LIFO stack of idle `SendRequest`s per endpoint; a connection
+//! goes back on the stack when its response body has been read to the end
+//! ([`Release`]). HTTP/2: one multiplexed connection per endpoint, shared by
+//! clones of its `SendRequest`. The pool is keyed by address, not by
+//! snapshot, so a config reload keeps warm connections. A request that was
+//! never written (the pooled connection had just closed) is sent again on
+//! another connection; nothing that reached an upstream is.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, Instrument};
+
+use super::body::ProxyBody;
+use super::Version;
+use crate::proxy::Error;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Returns an HTTP/1 connection to the pool when dropped via [`Release::release`].
+#[derive(Debug)]
+pub(crate) struct Release {
+    sender: http1::SendRequest<Incoming>,
+    addr: SocketAddr,
+    max_idle: usize,
+    pool: Pool,
+}
+
+impl Release {
+    pub fn release(self) {
+        self.pool.checkin(self.addr, self.sender, self.max_idle);
+    }
+}
+
+/// Per-request limits, read from the config in force.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub connect_timeout: Duration,
+    pub max_idle: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps hold no invariant a panicking holder could break halfway.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// Sends `req` to `addr` over a pooled connection of the given version.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        version: Version,
+        req: Request<Incoming>,
+        limits: Limits,
+    ) -> Result<Response<ProxyBody>, Error> {
+        match version {
+            Version::Http1 => self.send_h1(addr, req, limits).await,
+            Version::Http2 => self.send_h2(addr, req, limits).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+        limits: Limits,
+    ) -> Result<Response<ProxyBody>, Error> {
+        while let Some(mut sender) = self.checkout(addr) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(rsp) => return Ok(self.wrap(addr, sender, rsp, limits)),
+                Err(mut e) => match e.take_message() {
+                    // Not written: the connection closed under us. Try another.
+                    Some(r) => req = r,
+                    None => {
+                        return Err(Error::Upstream {
+                            addr,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+        let mut sender = connect_h1(addr, limits.connect_timeout, false).await?;
+        sender
+            .ready()
+            .await
+            .map_err(|source| Error::Handshake { addr, source })?;
+        let rsp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| Error::Upstream { addr, source })?;
+        Ok(self.wrap(addr, sender, rsp, limits))
+    }
+
+    fn wrap(
+        &self,
+        addr: SocketAddr,
+        sender: http1::SendRequest<Incoming>,
+        rsp: Response<Incoming>,
+        limits: Limits,
+    ) -> Response<ProxyBody> {
+        let release = Release {
+            sender,
+            addr,
+            max_idle: limits.max_idle,
+            pool: self.clone(),
+        };
+        rsp.map(|body| ProxyBody::upstream(body, Some(release)))
+    }
+
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+        limits: Limits,
+    ) -> Result<Response<ProxyBody>, Error> {
+        let existing = lock(&self.shared.h2)
+            .get(&addr)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = connect_h2(addr, limits.connect_timeout).await?;
+                lock(&self.shared.h2).insert(addr, s.clone());
+                s
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|source| Error::Upstream { addr, source })?;
+        let rsp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| Error::Upstream { addr, source })?;
+        Ok(rsp.map(|body| ProxyBody::upstream(body, None)))
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+        let mut h1 = lock(&self.shared.h1);
+        let idle = h1.get_mut(&addr)?;
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut h1 = lock(&self.shared.h1);
+        let idle = h1.entry(addr).or_default();
+        if idle.len() < max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops idle connections older than `timeout`, and closed ones.
+    pub fn evict_idle(&self, timeout: Duration) {
+        let now = Instant::now();
+        lock(&self.shared.h1).retain(|_, idle| {
+            idle.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+            !idle.is_empty()
+        });
+        lock(&self.shared.h2).retain(|_, s| !s.is_closed());
+    }
+}
+
+/// A TCP connection to `addr`, with `TCP_NODELAY`, within `timeout`.
+pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(Error::ConnectTimeout { addr, timeout }),
+        Ok(Err(source)) => Err(Error::Connect { addr, source }),
+        Ok(Ok(stream)) => {
+            // Latency matters more than packet count on a per-pod hop.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection; `upgrades` keeps it usable after a `101`.
+pub(crate) async fn connect_h1(
+    addr: SocketAddr,
+    timeout: Duration,
+    upgrades: bool,
+) -> Result<http1::SendRequest<Incoming>, Error> {
+    let stream = connect_tcp(addr, timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| Error::Handshake { addr, source })?;
+    let span = tracing::debug_span!("upstream", %addr);
+    if upgrades {
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.with_upgrades().await {
+                    debug!(%error, "upstream connection ended");
+                }
+            }
+            .instrument(span),
+        );
+    } else {
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.await {
+                    debug!(%error, "upstream connection ended");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    Ok(sender)
+}
+
+async fn connect_h2(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http2::SendRequest<Incoming>, Error> {
+    let stream = connect_tcp(addr, timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| Error::Handshake { addr, source })?;
+    tokio::spawn(
+        async move {
+            if let Err(error) = conn.await {
+                debug!(%error, "upstream h2 connection ended");
+            }
+        }
+        .instrument(tracing::debug_span!("upstream", %addr, proto = "h2")),
+    );
+    Ok(sender)
+}
