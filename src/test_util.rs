@@ -207,3 +207,75 @@ macro_rules! assert_eventually {
         }
     }};
 }
+
+/// Mesh resources (a `Service` and one `EndpointSlice` per endpoint) for one
+/// service port, as YAML list items to put under `mesh:`.
+pub fn service_yaml(
+    name: &str,
+    namespace: &str,
+    vip: IpAddr,
+    port: u16,
+    app_protocol: Option<&str>,
+    endpoints: &[SocketAddr],
+) -> String {
+    let hint = app_protocol
+        .map(|p| format!(", appProtocol: {p}"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "  - apiVersion: v1\n    kind: Service\n    metadata: {{ name: {name}, namespace: {namespace} }}\n    spec: {{ clusterIP: \"{vip}\", ports: [{{ name: p, port: {port}{hint} }}] }}\n"
+    );
+    for (i, e) in endpoints.iter().enumerate() {
+        out.push_str(&format!(
+            "  - apiVersion: discovery.k8s.io/v1\n    kind: EndpointSlice\n    metadata: {{ name: {name}-{i}, namespace: {namespace}, labels: {{ kubernetes.io/service-name: {name} }} }}\n    addressType: {}\n    endpoints: [{{ addresses: [\"{}\"] }}]\n    ports: [{{ name: p, port: {} }}]\n",
+            if e.is_ipv4() { "IPv4" } else { "IPv6" },
+            e.ip(),
+            e.port()
+        ));
+    }
+    out
+}
+
+/// A whole proxy config for tests: admin on an ephemeral port, no
+/// transparent listener, per-service VIP listeners; `settings` is extra
+/// top-level YAML (may be empty) and `mesh` the list items.
+pub fn proxy_yaml(settings: &str, mesh: &str) -> String {
+    format!(
+        "listeners: {{ admin: \"127.0.0.1:0\", outbound: null, serviceVips: true }}\n{settings}\nmesh:\n{mesh}"
+    )
+}
+
+/// Thin wrappers through which `benches/hot_path.rs` reaches crate-private
+/// pieces of the request path. They add no logic: each calls exactly what the
+/// proxy calls, so a bench measures production code. (Snapshot lookup,
+/// `balance::Selector` and `discovery::translate` are public already.)
+pub mod bench {
+    use http::HeaderMap;
+
+    use crate::balance::{NoEndpoint, Pick};
+    use crate::discovery::Target;
+
+    /// `proxy::detect::classify`: the protocol of a connection's first bytes
+    /// as its metric label (`http1`, `http2`, `opaque`); `None` while more
+    /// bytes are needed.
+    pub fn classify(prefix: &[u8]) -> Option<&'static str> {
+        crate::proxy::detect::classify(prefix).map(|d| d.as_str())
+    }
+
+    /// `proxy::http::headers::strip_hop_by_hop`, run on every request and
+    /// every response.
+    pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+        crate::proxy::http::headers::strip_hop_by_hop(headers, upgrade)
+    }
+
+    /// `proxy::http::headers::is_upgrade`, run on every HTTP/1 request.
+    pub fn is_upgrade(headers: &HeaderMap) -> bool {
+        crate::proxy::http::headers::is_upgrade(headers)
+    }
+
+    /// The endpoint pick a request makes once its target is known
+    /// (`proxy/http/logical.rs`): the port's round-robin selector, the pick
+    /// cloned out of the snapshot.
+    pub fn pick(target: &Target) -> Result<Pick, NoEndpoint> {
+        target.port().selector.select().cloned()
+    }
+}

@@ -1,7 +1,9 @@
 //! Hot reload: watches the config file's directory (so Kubernetes' symlink
 //! swaps of a mounted ConfigMap are seen) and the manifest directory,
-//! debounced. A change is loaded, validated and translated in full; only then
-//! is it published. A rejected change is logged with every problem, counted,
+//! debounced. Access events (opens and reads, our own among them) are
+//! ignored: only changes count. A change is loaded, validated and
+//! translated in full; only then is it published. A rejected change is
+//! logged with every problem, counted,
 //! and the previous state keeps serving.
 //!
 //! Listener addresses, runtime threads, log format/level and the node
@@ -12,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
@@ -56,7 +57,7 @@ impl Metrics {
 pub struct WatchError {
     path: PathBuf,
     #[source]
-    source: notify_debouncer_mini::notify::Error,
+    source: notify::Error,
 }
 
 /// How long file events are collected before one reload runs.
@@ -74,11 +75,14 @@ pub fn spawn(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let config_path = path.clone();
     let mesh = mesh_dir.clone();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |res: DebounceEventResult| {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match res {
-            Ok(events) => events
+            // Opening and reading files (our own reloads among them) is not a change.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => false,
+            Ok(event) => event
+                .paths
                 .iter()
-                .any(|e| is_relevant(&e.path, &config_path, mesh.as_deref())),
+                .any(|p| is_relevant(p, &config_path, mesh.as_deref())),
             // A watcher error may mean lost events: reload to be safe.
             Err(_) => true,
         };
@@ -95,8 +99,7 @@ pub fn spawn(
         _ => PathBuf::from("."),
     };
     for d in std::iter::once(&dir).chain(mesh_dir.as_ref()) {
-        debouncer
-            .watcher()
+        watcher
             .watch(d, RecursiveMode::NonRecursive)
             .map_err(|source| WatchError {
                 path: d.clone(),
@@ -107,12 +110,16 @@ pub fn spawn(
     let (status_tx, status_rx) = watch::channel(ReloadStatus::default());
     tokio::spawn(
         async move {
-            let _debouncer = debouncer;
+            let _watcher: RecommendedWatcher = watcher;
             loop {
                 tokio::select! {
                     e = events.recv() => if e.is_none() { return },
                     _ = stop.cancelled() => return,
                 }
+                // Debounce: an editor's save or a ConfigMap swap is several
+                // events; settle, drop what queued meanwhile, reload once.
+                tokio::time::sleep(DEBOUNCE).await;
+                while events.try_recv().is_ok() {}
                 reload(&path, &store, &*overrides, &metrics, &status_tx);
             }
         }
