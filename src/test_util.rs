@@ -22,18 +22,24 @@ use crate::discovery::Store;
 use crate::App;
 
 /// A loopback address no other test in any process uses at the same time:
-/// 127.A.B.C with A derived from the process id, B.C from a counter.
+/// 127.A.B.C with A.B derived from the process id (two live processes
+/// collide only if their ids are equal modulo 25,600) and C from a counter
+/// (up to 255 addresses per process; more wrap around).
 pub fn unique_vip() -> IpAddr {
     static NEXT: AtomicU32 = AtomicU32::new(1);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let a = 100 + (std::process::id() % 100) as u8;
-    IpAddr::V4(Ipv4Addr::new(127, a, (n >> 8) as u8, (n & 0xff) as u8))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 255 + 1;
+    let pid = std::process::id();
+    let a = 100 + (pid % 100) as u8;
+    let b = ((pid / 100) % 256) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, a, b, n as u8))
 }
 
 /// A proxy running in-process; stops (draining) on [`TestProxy::shutdown`].
 pub struct TestProxy {
     pub admin: SocketAddr,
     pub outbound: Option<SocketAddr>,
+    /// The DNS shim (UDP and TCP), when `dns.enabled`.
+    pub dns: Option<SocketAddr>,
     pub store: Arc<Store>,
     pub reloads: Option<watch::Receiver<ReloadStatus>>,
     stop: Option<oneshot::Sender<()>>,
@@ -58,6 +64,7 @@ impl TestProxy {
         let (tx, rx) = oneshot::channel::<()>();
         let admin = bound.admin_addr();
         let outbound = bound.outbound_addr();
+        let dns = bound.dns_addr();
         let store = bound.store();
         let reloads = bound.reloads();
         let task = tokio::spawn(bound.run(async {
@@ -66,6 +73,7 @@ impl TestProxy {
         Ok(Self {
             admin,
             outbound,
+            dns,
             store,
             reloads,
             stop: Some(tx),

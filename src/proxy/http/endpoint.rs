@@ -3,10 +3,11 @@
 //! HTTP/1.1: a LIFO stack of idle `SendRequest`s per endpoint; a connection
 //! goes back on the stack when its response body has been read to the end
 //! ([`Release`]). HTTP/2: one multiplexed connection per endpoint, shared by
-//! clones of its `SendRequest`. The pool is keyed by address, not by
-//! snapshot, so a config reload keeps warm connections. A request that was
-//! never written (the pooled connection had just closed) is sent again on
-//! another connection; nothing that reached an upstream is.
+//! clones of its `SendRequest`; requests that arrive while it is being made
+//! wait for it rather than each opening their own. The pool is keyed by
+//! address, not by snapshot, so a config reload keeps warm connections. A
+//! request that was never written (the pooled connection had just closed) is
+//! sent again on another connection; nothing that reached an upstream is.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub(crate) struct Pool {
 struct Shared {
     h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    /// Held while an HTTP/2 connection to the endpoint is being made.
+    h2_connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug)]
@@ -142,17 +145,9 @@ impl Pool {
         req: Request<Incoming>,
         limits: Limits,
     ) -> Result<Response<ProxyBody>, Error> {
-        let existing = lock(&self.shared.h2)
-            .get(&addr)
-            .filter(|s| !s.is_closed())
-            .cloned();
-        let mut sender = match existing {
+        let mut sender = match self.h2_open(addr) {
             Some(s) => s,
-            None => {
-                let s = connect_h2(addr, limits.connect_timeout).await?;
-                lock(&self.shared.h2).insert(addr, s.clone());
-                s
-            }
+            None => self.connect_h2_once(addr, limits.connect_timeout).await?,
         };
         sender
             .ready()
@@ -163,6 +158,37 @@ impl Pool {
             .await
             .map_err(|source| Error::Upstream { addr, source })?;
         Ok(rsp.map(|body| ProxyBody::upstream(body, None)))
+    }
+
+    fn h2_open(&self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+        lock(&self.shared.h2)
+            .get(&addr)
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    /// Connects unless another request is already connecting; then waits for
+    /// that connection. If it failed, this request tries on its own, so
+    /// waiters are not queued behind one connect timeout after another.
+    async fn connect_h2_once(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, Error> {
+        let gate = Arc::clone(lock(&self.shared.h2_connecting).entry(addr).or_default());
+        let _connecting = match gate.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                drop(gate.lock().await);
+                None
+            }
+        };
+        if let Some(s) = self.h2_open(addr) {
+            return Ok(s);
+        }
+        let s = connect_h2(addr, timeout).await?;
+        lock(&self.shared.h2).insert(addr, s.clone());
+        Ok(s)
     }
 
     fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
@@ -198,6 +224,7 @@ impl Pool {
             !idle.is_empty()
         });
         lock(&self.shared.h2).retain(|_, s| !s.is_closed());
+        lock(&self.shared.h2_connecting).retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 }
 
