@@ -17,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::admin::{self, Admin};
+use crate::balance;
 use crate::config::reload::{self, ReloadStatus};
 use crate::config::{EnvOverrides, Loaded, Overrides, Problem};
-use crate::discovery::{translate, Store};
+use crate::discovery::{translate_with, Store};
+use crate::dns::{self, DnsServer, NoOnDemand};
 use crate::proxy::listeners::VipListeners;
 use crate::proxy::{self, Proxy};
 use crate::shutdown::{Latch, Readiness};
@@ -34,11 +36,13 @@ pub struct App {
 pub struct BoundApp {
     admin_addr: SocketAddr,
     outbound_addr: Option<SocketAddr>,
+    dns: Option<DnsServer>,
     admin_listener: TcpListener,
     outbound_listener: Option<TcpListener>,
     vips: Option<VipListeners>,
     proxy: Arc<Proxy>,
     registry: Registry,
+    prober: balance::prober::Metrics,
     readiness: Readiness,
     ready_latch: Latch,
     reloads: Option<watch::Receiver<ReloadStatus>>,
@@ -65,7 +69,11 @@ impl App {
             manifests,
             path,
         } = self.loaded;
-        let snapshot = translate(&config, &manifests).map_err(|problems| {
+        let registry = crate::metrics::registry();
+        let balance = Arc::new(balance::Registry::new(
+            balance::Metrics::register(&registry).context("balance metrics register")?,
+        ));
+        let snapshot = translate_with(&config, &manifests, &balance).map_err(|problems| {
             anyhow::anyhow!(
                 "invalid mesh state:\n  {}",
                 problems
@@ -75,7 +83,6 @@ impl App {
                     .join("\n  ")
             )
         })?;
-        let registry = crate::metrics::registry();
         let readiness = Readiness::default();
         let ready_latch = readiness.latch("listeners");
         let stop = CancellationToken::new();
@@ -109,6 +116,17 @@ impl App {
         let metrics = proxy::Metrics::register(&registry).context("proxy metrics register")?;
         let proxy = Proxy::new(Arc::clone(&store), metrics);
 
+        let dns = if store.load().config.dns.enabled {
+            let metrics = dns::Metrics::register(&registry).context("dns metrics register")?;
+            // TODO(control stream, architecture §8): its client provides the on-demand hook.
+            let server = DnsServer::bind(Arc::clone(&store), metrics, Arc::new(NoOnDemand))
+                .await
+                .context("dns shim starts")?;
+            Some(server)
+        } else {
+            None
+        };
+
         let vips = if service_vips {
             let mut vips = VipListeners::default();
             let errors = vips.reconcile(&proxy, &stop).await;
@@ -131,6 +149,7 @@ impl App {
                     Arc::clone(&store),
                     Arc::clone(&self.overrides),
                     reload_metrics,
+                    Arc::clone(&balance),
                     stop.child_token(),
                 )
                 .context("config watch starts")?,
@@ -138,14 +157,18 @@ impl App {
             None => None,
         };
 
+        let prober =
+            balance::prober::Metrics::register(&registry).context("prober metrics register")?;
         Ok(BoundApp {
             admin_addr,
             outbound_addr,
+            dns,
             admin_listener,
             outbound_listener,
             vips,
             proxy,
             registry,
+            prober,
             readiness,
             ready_latch,
             reloads,
@@ -161,6 +184,11 @@ impl BoundApp {
 
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
         self.outbound_addr
+    }
+
+    /// The DNS shim's address (UDP and TCP), when `dns.enabled`.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(DnsServer::local_addr)
     }
 
     pub fn store(&self) -> Arc<Store> {
@@ -182,9 +210,11 @@ impl BoundApp {
         let BoundApp {
             admin_listener,
             outbound_listener,
+            dns,
             vips,
             proxy,
             registry,
+            prober,
             readiness,
             ready_latch,
             stop,
@@ -213,7 +243,18 @@ impl BoundApp {
         if let Some(vips) = vips {
             tokio::spawn(vips.follow(Arc::clone(&proxy), stop.child_token()));
         }
+        if let Some(dns) = dns {
+            // Stops with the drain signal, like the listeners.
+            tokio::spawn(
+                dns.run(stop.child_token())
+                    .instrument(tracing::info_span!("dns")),
+            );
+        }
         proxy.spawn_upkeep();
+        tokio::spawn(
+            balance::prober::run(Arc::clone(&proxy.store), prober, stop.child_token())
+                .instrument(tracing::info_span!("prober")),
+        );
         ready_latch.release();
         info!("ready");
 

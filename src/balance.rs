@@ -1,79 +1,42 @@
-//! Endpoint selection for one service port: the seam where cross-cluster
-//! policy (which clusters are eligible) meets balancing (which endpoint).
+//! Endpoint selection: the cross-cluster traffic policy (which clusters are
+//! eligible), balancing within a cluster, and endpoint health.
 //!
-//! A [`Selector`] is built once per snapshot for each service port and is
-//! shared by every request; picking takes no lock. Today it balances round
-//! robin over the ready endpoints of the local cluster (the `Locality`
-//! policy, the default). Health, weights and the other policies plug in here.
+//! - `selector.rs`: the per-service-port [`Selector`] (Locality,
+//!   ActiveActive by weight, FailOver with fail-back hysteresis);
+//! - `algorithm.rs`: p2c over peak-EWMA (default), round robin, least
+//!   request, consistent hashing;
+//! - `health.rs`: passive failure accrual and ejection, in-flight counts;
+//!   `ewma.rs`: the latency estimate;
+//! - `registry.rs`: state that outlives snapshots, and selector building;
+//! - `prober.rs`: active TCP probes and the balancing gauges.
+//!
+//! Picking takes no lock: a selector is immutable per snapshot and health is
+//! atomics. Retries and timeouts are the proxy's (`proxy/http/logical.rs`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+mod algorithm;
+mod ewma;
+mod health;
+pub mod prober;
+mod registry;
+mod selector;
 
-use std::net::SocketAddr;
+pub use algorithm::{Algorithm, PickContext};
+pub use health::{EndpointState, Failure, InFlight};
+pub use registry::{Metrics, Registry, SelectorSpec};
+pub(crate) use selector::Member;
+pub use selector::{NoEndpoint, Pick, PolicyState, Selector, SelectorView};
 
-use crate::discovery::{ClusterEndpoints, EndpointKind, Policy};
+/// A monotonic clock in nanoseconds for health and latency state kept in
+/// atomics; follows tokio's clock, so paused-time tests control it.
+pub(crate) mod clock {
+    use std::sync::OnceLock;
 
-/// No endpoint is eligible; names the clusters that were considered.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("no ready endpoint in cluster(s) {}", .considered.join(", "))]
-pub struct NoEndpoint {
-    pub considered: Vec<Arc<str>>,
-}
+    use tokio::time::Instant;
 
-/// Picks endpoints for one service port.
-#[derive(Debug)]
-pub struct Selector {
-    /// Eligible endpoints, flattened at build time.
-    eligible: Vec<Pick>,
-    considered: Vec<Arc<str>>,
-    next: AtomicUsize,
-}
-
-/// What a pick returns: the endpoint and the cluster it belongs to.
-#[derive(Debug, Clone)]
-pub struct Pick {
-    pub addr: SocketAddr,
-    pub kind: EndpointKind,
-    pub cluster: Arc<str>,
-}
-
-impl Selector {
-    pub fn new(local: &str, clusters: &[ClusterEndpoints], _policy: &Policy) -> Self {
-        // Locality: the local cluster only, until the cross-cluster policies land.
-        let considered = vec![Arc::from(local)];
-        let eligible = clusters
-            .iter()
-            .filter(|c| c.local)
-            .flat_map(|c| {
-                c.endpoints.iter().filter(|e| e.ready).map(|e| Pick {
-                    addr: e.addr,
-                    kind: e.kind.clone(),
-                    cluster: c.cluster.clone(),
-                })
-            })
-            .collect();
-        Self {
-            eligible,
-            considered,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The next endpoint, round robin.
-    #[inline]
-    pub fn select(&self) -> Result<&Pick, NoEndpoint> {
-        let n = self.eligible.len();
-        if n == 0 {
-            return Err(NoEndpoint {
-                considered: self.considered.clone(),
-            });
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        Ok(&self.eligible[i])
-    }
-
-    /// The clusters this selector draws from.
-    pub fn considered(&self) -> &[Arc<str>] {
-        &self.considered
+    pub fn now_ns() -> u64 {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        // +1 keeps 0 free as "never" in the atomics.
+        Instant::now().saturating_duration_since(base).as_nanos() as u64 + 1
     }
 }

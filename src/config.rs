@@ -7,6 +7,8 @@
 //! Loading lives in `config/file.rs`, environment overrides in
 //! `config/overrides.rs`, and file watching in `config/reload.rs`.
 
+mod balance;
+mod dns;
 mod file;
 mod overrides;
 pub mod reload;
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use balance::{Balance, Retries};
+pub use dns::{Dns, Upstream, VipRange};
 pub use file::{load_file, parse_str, Loaded, Sourced};
 pub use overrides::{EnvOverrides, MapOverrides, Overrides};
 
@@ -108,6 +112,13 @@ pub struct Config {
     /// Logging and the access log.
     #[serde(default)]
     pub log: Log,
+    /// Cross-cluster balancing: failover hold-down, active probes, retries
+    /// (`config/balance.rs`).
+    #[serde(default)]
+    pub balance: Balance,
+    /// The DNS shim and VIP allocation (`config/dns.rs`). Default: off.
+    #[serde(default)]
+    pub dns: Dns,
     /// A directory of Kubernetes manifests (`*.yaml`, `*.yml`, `*.json`, multi-document
     /// allowed), read in file-name order after the inline `mesh` list.
     /// Relative paths are relative to the config file. Default: none.
@@ -425,6 +436,8 @@ impl Config {
                 ));
             }
         }
+        self.balance.validate(&mut problems);
+        self.dns.validate(self, &mut problems);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(Problem::new(
                 "log.level",

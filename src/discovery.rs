@@ -11,10 +11,11 @@ pub mod manifest;
 mod model;
 mod store;
 mod translate;
+mod vips;
 
 pub use model::{
-    ClusterEndpoints, ClusterInfo, Endpoint, EndpointKind, Export, LbType, Policy, PolicyTarget,
-    Protocol, Service, ServiceName, ServicePort, Snapshot, Target,
+    ClusterEndpoints, ClusterInfo, Endpoint, EndpointKind, Export, HashKey, LbType, PodHostname, Policy,
+    PolicyTarget, Protocol, Service, ServiceName, ServicePort, Snapshot, Target,
 };
 pub use store::{State, Store};
-pub use translate::translate;
+pub use translate::{translate, translate_with, ANNOTATION_HASH_KEY, ANNOTATION_LB_ALGORITHM};

@@ -4,6 +4,7 @@
 //! Module map (see `docs/architecture.md` for the data flow):
 //! - [`config`]: the proxy's YAML configuration, validation with field paths, hot reload.
 //! - [`discovery`]: Kubernetes-shaped manifests translated into an immutable [`discovery::Snapshot`].
+//! - [`dns`]: the DNS shim: mesh names from the snapshot, everything else forwarded.
 //! - [`balance`]: endpoint selection within a service (the seam for cross-cluster policies).
 //! - [`proxy`]: listeners, protocol detection, HTTP and opaque-TCP forwarding, error responses.
 //! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config_dump` on their own listener.
@@ -21,6 +22,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod dns;
 pub mod metrics;
 pub mod proxy;
 pub mod shutdown;

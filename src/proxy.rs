@@ -11,8 +11,8 @@
 mod accept;
 mod access_log;
 mod conn_io;
-mod detect;
-mod http;
+pub(crate) mod detect;
+pub(crate) mod http;
 pub(crate) mod listeners;
 mod metrics;
 mod respond;

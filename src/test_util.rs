@@ -281,9 +281,8 @@ pub mod bench {
     }
 
     /// The endpoint pick a request makes once its target is known
-    /// (`proxy/http/logical.rs`): the port's round-robin selector, the pick
-    /// cloned out of the snapshot.
+    /// (`proxy/http/logical.rs`): the port's selector under its policy.
     pub fn pick(target: &Target) -> Result<Pick, NoEndpoint> {
-        target.port().selector.select().cloned()
+        target.port().selector.select(&Default::default())
     }
 }

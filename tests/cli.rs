@@ -1,6 +1,8 @@
 //! The `strait` binary's command line: `--check-config` output and exit
 //! codes, and the commands that are not built yet.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on the unexpected
+
 use std::process::Command;
 
 fn strait() -> Command {
@@ -32,10 +34,18 @@ mesh:
     spec: { clusterIP: not-an-ip, ports: [{ port: 8080 }, { port: 70000 }] }
 "#,
     );
-    let out = strait().arg("proxy").arg("--check-config").arg(&path).output().unwrap();
+    let out = strait()
+        .arg("proxy")
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("runtime.workerThreads: 0 is out of range"), "{err}");
+    assert!(
+        err.contains("runtime.workerThreads: 0 is out of range"),
+        "{err}"
+    );
     // The semantic problems are only reported once the settings parse; fix them and look again.
     let path = write(
         &dir,
@@ -48,11 +58,22 @@ mesh:
     spec: { clusterIP: not-an-ip, ports: [{ port: 8080 }, { port: 70000 }] }
 "#,
     );
-    let out = strait().arg("proxy").arg("--check-config").arg(&path).output().unwrap();
+    let out = strait()
+        .arg("proxy")
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mesh[0].spec.clusterIP: \"not-an-ip\" is not an IP address"), "{err}");
-    assert!(err.contains("mesh[0].spec.ports[1].port: 70000 is not a port"), "{err}");
+    assert!(
+        err.contains("mesh[0].spec.clusterIP: \"not-an-ip\" is not an IP address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("mesh[0].spec.ports[1].port: 70000 is not a port"),
+        "{err}"
+    );
     assert!(err.contains("2 problem(s)"), "{err}");
 }
 
@@ -70,8 +91,18 @@ mesh:
     spec: { clusterIP: 127.1.0.1, ports: [{ port: 80 }] }
 "#,
     );
-    let out = strait().arg("proxy").arg("--check-config").arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = strait()
+        .arg("proxy")
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("ok: 1 service(s)"), "{stdout}");
@@ -95,7 +126,10 @@ fn commands_not_built_yet_say_so_and_exit_2() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not built yet"), "strait {cmd}: {err}");
     }
-    let out = strait().args(["proxy", "--mode", "gateway", "--config", "x.yaml"]).output().unwrap();
+    let out = strait()
+        .args(["proxy", "--mode", "gateway", "--config", "x.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -109,7 +143,12 @@ fn proxy_without_a_config_is_a_usage_error() {
 fn proxy_with_an_invalid_config_exits_1_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.yaml", "listeners: { admin: nonsense }\n");
-    let out = strait().arg("proxy").arg("--config").arg(&path).output().unwrap();
+    let out = strait()
+        .arg("proxy")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listeners.admin"));
 }

@@ -1,6 +1,8 @@
 //! Every example in `config/` is valid, and adding an unknown key to any of
 //! its tables is rejected (so a typo can never be silently ignored).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on the unexpected
+
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::{Mapping, Value};
@@ -91,7 +93,11 @@ fn an_unknown_key_in_any_table_of_any_example_is_rejected() {
                 Ok(_) => panic!("{}: unknown key accepted at {table:?}", path.display()),
                 Err(e) => e.to_string(),
             };
-            assert!(err.contains("unknownKeyForTest"), "{}: {err}", path.display());
+            assert!(
+                err.contains("unknownKeyForTest"),
+                "{}: {err}",
+                path.display()
+            );
         }
     }
 }

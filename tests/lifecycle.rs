@@ -2,6 +2,8 @@
 //! shutdown stops accepting, lets in-flight requests finish within the grace
 //! period, reports draining on /ready; SIGTERM makes the binary exit 0.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on the unexpected
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,7 +21,10 @@ async fn a_port_conflict_fails_startup_naming_the_listener() {
     let loaded = parse_str(&yaml, std::path::Path::new("."), &MapOverrides::default()).unwrap();
     let err = App::new(loaded).bind().await.err().expect("bind must fail");
     let text = format!("{err:#}");
-    assert!(text.contains(&format!("cannot bind admin listener {addr}")), "{text}");
+    assert!(
+        text.contains(&format!("cannot bind admin listener {addr}")),
+        "{text}"
+    );
 
     let yaml = format!("listeners: {{ admin: \"127.0.0.1:0\", outbound: \"{addr}\" }}\n");
     let loaded = parse_str(&yaml, std::path::Path::new("."), &MapOverrides::default()).unwrap();
@@ -29,17 +34,26 @@ async fn a_port_conflict_fails_startup_naming_the_listener() {
 
 #[tokio::test]
 async fn a_conflicting_service_vip_fails_startup() {
-    let taken = TcpListener::bind(SocketAddr::new(unique_vip(), 0)).await.unwrap();
+    let taken = TcpListener::bind(SocketAddr::new(unique_vip(), 0))
+        .await
+        .unwrap();
     let addr = taken.local_addr().unwrap();
     let mesh = service_yaml("web", "x", addr.ip(), addr.port(), None, &[]);
-    let loaded = parse_str(&proxy_yaml("", &mesh), std::path::Path::new("."), &MapOverrides::default()).unwrap();
+    let loaded = parse_str(
+        &proxy_yaml("", &mesh),
+        std::path::Path::new("."),
+        &MapOverrides::default(),
+    )
+    .unwrap();
     let err = App::new(loaded).bind().await.err().expect("bind must fail");
     assert!(format!("{err:#}").contains(&format!("cannot bind service listener {addr}")));
 }
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
-    let backend = start_backend("slow", "127.0.0.1:0".parse().unwrap(), false).await.unwrap();
+    let backend = start_backend("slow", "127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
     let vip = unique_vip();
     let mesh = service_yaml("web", "x", vip, 8080, Some("http"), &[backend.addr]);
     let proxy = TestProxy::from_yaml(&proxy_yaml("runtime: { drainGracePeriod: 10s }", &mesh))
@@ -54,11 +68,19 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 
     let shutdown = tokio::spawn(proxy.shutdown());
     strait::assert_eventually!(
-        get(admin, "/ready").await.map(|r| r.text()).unwrap_or_default() == "not ready: draining\n",
+        get(admin, "/ready")
+            .await
+            .map(|r| r.text())
+            .unwrap_or_default()
+            == "not ready: draining\n",
         250,
         "/ready reports draining"
     );
-    strait::assert_eventually!(TcpStream::connect(target).await.is_err(), 250, "listener closed");
+    strait::assert_eventually!(
+        TcpStream::connect(target).await.is_err(),
+        250,
+        "listener closed"
+    );
 
     let reply = in_flight.await.unwrap().unwrap();
     assert_eq!(reply.status, 200, "in-flight request completes");
@@ -71,7 +93,9 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 
 #[tokio::test]
 async fn the_drain_grace_period_bounds_shutdown() {
-    let backend = start_backend("stuck", "127.0.0.1:0".parse().unwrap(), false).await.unwrap();
+    let backend = start_backend("stuck", "127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
     let vip = unique_vip();
     let mesh = service_yaml("web", "x", vip, 8080, Some("http"), &[backend.addr]);
     let proxy = TestProxy::from_yaml(&proxy_yaml("runtime: { drainGracePeriod: 200ms }", &mesh))
@@ -93,7 +117,11 @@ async fn the_drain_grace_period_bounds_shutdown() {
 #[tokio::test]
 async fn sigterm_makes_the_binary_drain_and_exit_0() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let path = dir.path().join("strait.yaml");
     std::fs::write(
         &path,
@@ -115,7 +143,10 @@ async fn sigterm_makes_the_binary_drain_and_exit_0() {
         "strait ready on {admin}"
     );
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -124,7 +155,13 @@ async fn sigterm_makes_the_binary_drain_and_exit_0() {
     assert_eq!(status.code(), Some(0));
     let mut stderr = String::new();
     use tokio::io::AsyncReadExt;
-    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
     // JSON logs: one object per line, with the startup and drain lines.
     for line in stderr.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{line}: {e}"));

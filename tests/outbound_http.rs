@@ -38,7 +38,7 @@ async fn one_client_connection_is_balanced_round_robin_over_reused_upstream_conn
     let b = RecordingUpstream::start("b").await;
     let vip = new_vip();
     let proxy = Mesh::default()
-        .service("web", vip, Some("http"))
+        .service_balanced("web", vip, Some("http"), "round-robin")
         .endpoint("web", a.addr.port())
         .endpoint("web", b.addr.port())
         .start()

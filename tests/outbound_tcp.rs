@@ -2,6 +2,8 @@
 //! detection falling back to TCP (including server-speaks-first), and
 //! refusal when there is nowhere to go.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on the unexpected
+
 mod support {
     pub mod tcp;
 }
@@ -16,10 +18,16 @@ use tokio::net::TcpStream;
 
 const PORT: u16 = 7000;
 
-async fn proxy_for(app_protocol: Option<&str>, endpoints: &[SocketAddr], settings: &str) -> (TestProxy, SocketAddr) {
+async fn proxy_for(
+    app_protocol: Option<&str>,
+    endpoints: &[SocketAddr],
+    settings: &str,
+) -> (TestProxy, SocketAddr) {
     let vip = unique_vip();
     let mesh = service_yaml("db", "data", vip, PORT, app_protocol, endpoints);
-    let proxy = TestProxy::from_yaml(&proxy_yaml(settings, &mesh)).await.unwrap();
+    let proxy = TestProxy::from_yaml(&proxy_yaml(settings, &mesh))
+        .await
+        .unwrap();
     (proxy, SocketAddr::new(vip, PORT))
 }
 
@@ -46,7 +54,8 @@ async fn opaque_tcp_copies_bytes_both_ways_and_keeps_half_close() {
     assert_eq!(read_to_end(&mut s).await, b"hello worldbye");
 
     let page = proxy.metrics().await;
-    let rx = strait::test_util::metric_value(&page, "strait_tcp_received_bytes_total{service=\"db\"}");
+    let rx =
+        strait::test_util::metric_value(&page, "strait_tcp_received_bytes_total{service=\"db\"}");
     let tx = strait::test_util::metric_value(&page, "strait_tcp_sent_bytes_total{service=\"db\"}");
     assert_eq!(rx, 11.0, "{page}");
     assert_eq!(tx, 14.0, "{page}");
@@ -63,7 +72,9 @@ async fn undetected_protocols_are_forwarded_as_opaque_tcp() {
     s.shutdown().await.unwrap();
     assert_eq!(read_to_end(&mut s).await, b"\x16\x03\x01\x00\x05hello\nbye");
     assert_eq!(
-        proxy.metric("strait_protocol_detections_total{protocol=\"opaque\"}").await,
+        proxy
+            .metric("strait_protocol_detections_total{protocol=\"opaque\"}")
+            .await,
         1.0
     );
 }
@@ -117,13 +128,18 @@ async fn an_unreachable_endpoint_resets_the_client_and_is_counted() {
     assert!(matches!(read, Err(_) | Ok(0)), "{read:?}");
     assert_eq!(
         proxy
-            .metric("strait_upstream_connect_errors_total{reason=\"connect_refused\",service=\"db\"}")
+            .metric(
+                "strait_upstream_connect_errors_total{reason=\"connect_refused\",service=\"db\"}"
+            )
             .await,
         1.0
     );
     // Counted when the connection task ends, just after the reset is sent.
     strait::assert_eventually!(
-        proxy.metric("strait_tcp_connections_closed_total{service=\"db\"}").await == 1.0,
+        proxy
+            .metric("strait_tcp_connections_closed_total{service=\"db\"}")
+            .await
+            == 1.0,
         100,
         "connection close counted"
     );

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
 use super::{load_file, Config, Overrides, Problem};
-use crate::discovery::{translate, Store};
+use crate::balance;
+use crate::discovery::{translate_with, Store};
 
 /// What reloads have done so far; tests and `/config_dump` read it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,6 +71,7 @@ pub fn spawn(
     store: Arc<Store>,
     overrides: Arc<dyn Overrides + Send + Sync>,
     metrics: Metrics,
+    balance: Arc<balance::Registry>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<watch::Receiver<ReloadStatus>, WatchError> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -120,7 +122,8 @@ pub fn spawn(
                 // events; settle, drop what queued meanwhile, reload once.
                 tokio::time::sleep(DEBOUNCE).await;
                 while events.try_recv().is_ok() {}
-                reload(&path, &store, &*overrides, &metrics, &status_tx);
+                reload(&path, &store, &*overrides, &metrics, &balance, &status_tx);
+                balance.prune();
             }
         }
         .instrument(tracing::info_span!("reload")),
@@ -141,6 +144,7 @@ fn reload(
     store: &Store,
     overrides: &dyn Overrides,
     metrics: &Metrics,
+    balance: &balance::Registry,
     status: &watch::Sender<ReloadStatus>,
 ) {
     let running = store.load_full();
@@ -155,7 +159,7 @@ fn reload(
                 )]);
             }
             restart_only = keep_start_only(&running.config, &mut loaded.config);
-            let snapshot = translate(&loaded.config, &loaded.manifests)?;
+            let snapshot = translate_with(&loaded.config, &loaded.manifests, balance)?;
             Ok((loaded.config, snapshot))
         });
     match result {
@@ -208,6 +212,9 @@ fn keep_start_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.node != running.node {
         changed.push("node");
         new.node = running.node.clone();
+    }
+    if new.dns.keep_start_only(&running.dns) {
+        changed.push("dns (enabled, listen, upstreams, upstreamTimeout, cacheSize, vipRange)");
     }
     changed
 }

@@ -133,7 +133,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Local cluster first, then remote clusters by name.
     pub clusters: Vec<ClusterEndpoints>,
-    #[serde(skip)]
+    /// Policy, clusters and endpoint health (serialized as the selector's view).
+    #[serde(serialize_with = "selector_view")]
     pub(crate) selector: Selector,
 }
 
@@ -141,11 +142,49 @@ pub struct ServicePort {
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     pub name: ServiceName,
+    /// From the manifests, or allocated by the [`super::Store`] from
+    /// `dns.vipRange` when there is none and the service is not headless.
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub policy: Policy,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<Export>,
+    /// Headless by choice (`clusterIP: None`, or a ServiceImport of type
+    /// `Headless`): never gets a VIP; DNS answers with endpoint addresses.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
+    /// Per-pod DNS names: EndpointSlice `hostname`s of ready endpoints.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<PodHostname>,
+    /// What consistent hashing hashes on (annotation `strait.io/hash-key`).
+    pub hash_key: HashKey,
+}
+
+/// The request key of consistent hashing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashKey {
+    /// The client's IP address (default).
+    #[default]
+    ClientIp,
+    /// A request header's value (`header:NAME`); requests without it fall
+    /// back to load-aware balancing.
+    Header(#[serde(serialize_with = "header_name")] http::HeaderName),
+}
+
+fn header_name<S: serde::Serializer>(h: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_str())
+}
+
+/// A ready endpoint that EndpointSlice names (`hostname`), for per-pod DNS
+/// names such as `web-0.web.ns.svc.cluster.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodHostname {
+    pub hostname: String,
+    /// The cluster the slice came from.
+    pub cluster: String,
+    pub addr: IpAddr,
 }
 
 impl Service {
@@ -216,4 +255,8 @@ fn serialize_values<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(map.values())
+}
+
+fn selector_view<S: serde::Serializer>(sel: &Selector, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&sel.view(), s)
 }

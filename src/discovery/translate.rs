@@ -13,7 +13,7 @@ use super::manifest::{
     self, Manifest, LABEL_MCS_SERVICE_NAME, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER,
 };
 use super::model::*;
-use crate::balance::Selector;
+use crate::balance::{Algorithm, Registry, SelectorSpec};
 use crate::config::{is_dns_label, Config, Problem, Sourced};
 
 /// A port of a service while it is being assembled.
@@ -33,7 +33,22 @@ struct ServiceDraft {
     ports: Vec<PortDraft>,
     policy: Policy,
     export: Option<Export>,
+    /// `clusterIP: None` or a `Headless` ServiceImport: no VIP is allocated.
+    headless: bool,
+    hostnames: Vec<PodHostname>,
+    /// From the annotation [`ANNOTATION_LB_ALGORITHM`].
+    algorithm: Algorithm,
+    /// From the annotation [`ANNOTATION_HASH_KEY`].
+    hash_key: HashKey,
 }
+
+/// Service (or ServiceImport) annotation choosing the balancing algorithm
+/// within a cluster: `p2c-ewma` (default), `round-robin`, `least-request`,
+/// `consistent-hash`.
+pub const ANNOTATION_LB_ALGORITHM: &str = "strait.io/lb-algorithm";
+/// With `consistent-hash`: `header:NAME` hashes on a request header,
+/// `client-ip` (default) on the client's address.
+pub const ANNOTATION_HASH_KEY: &str = "strait.io/hash-key";
 
 impl ServiceDraft {
     fn port_mut(&mut self, port: u16, name: &Option<String>, protocol: Protocol) -> &mut PortDraft {
@@ -57,8 +72,19 @@ impl ServiceDraft {
     }
 }
 
-/// Translates validated config and manifests into a snapshot, or every problem found.
+/// Translates validated config and manifests into a snapshot, or every
+/// problem found. Balancing state is fresh: for validation and tests.
 pub fn translate(config: &Config, manifests: &[Sourced]) -> Result<Snapshot, Vec<Problem>> {
+    translate_with(config, manifests, &Registry::default())
+}
+
+/// As [`translate`], with endpoint health and policy state carried over
+/// from earlier snapshots through `registry`.
+pub fn translate_with(
+    config: &Config,
+    manifests: &[Sourced],
+    registry: &Registry,
+) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Vec::new();
     let local = config.node.cluster.clone();
     let mut services: BTreeMap<ServiceName, ServiceDraft> = BTreeMap::new();
@@ -119,7 +145,11 @@ pub fn translate(config: &Config, manifests: &[Sourced]) -> Result<Snapshot, Vec
         ..Default::default()
     };
     let mut owner: HashMap<SocketAddr, ServiceName> = HashMap::new();
-    for (name, draft) in services {
+    for (name, mut draft) in services {
+        draft
+            .hostnames
+            .sort_by(|a, b| (&a.hostname, &a.addr).cmp(&(&b.hostname, &b.addr)));
+        draft.hostnames.dedup();
         let ports = draft
             .ports
             .into_iter()
@@ -141,7 +171,16 @@ pub fn translate(config: &Config, manifests: &[Sourced]) -> Result<Snapshot, Vec
                         }
                     })
                     .collect();
-                let selector = Selector::new(&local, &clusters, &draft.policy);
+                let selector = registry.selector(SelectorSpec {
+                    service: &name,
+                    port: p.port,
+                    local: &local,
+                    clusters: &clusters,
+                    policy: &draft.policy,
+                    algorithm: draft.algorithm,
+                    hold_down: config.balance.fail_back_hold_down,
+                    retries: &config.balance.retries,
+                });
                 ServicePort {
                     port: p.port,
                     name: p.name,
@@ -157,6 +196,9 @@ pub fn translate(config: &Config, manifests: &[Sourced]) -> Result<Snapshot, Vec
             ports,
             policy: draft.policy,
             export: draft.export,
+            headless: draft.headless,
+            hostnames: draft.hostnames,
+            hash_key: draft.hash_key,
         });
         for vip in &service.vips {
             for (i, port) in service.ports.iter().enumerate() {
@@ -292,6 +334,7 @@ fn service(
     }
     let name = ServiceName::new(&svc.metadata.name, svc.metadata.namespace());
     let draft = services.entry(name.clone()).or_default();
+    balancer_annotations(s, &svc.metadata, draft, problems);
     if let Some(first) = &draft.defined_at {
         if first.contains("Service ") {
             problems.push(Problem::new(
@@ -309,7 +352,11 @@ fn service(
     ips.extend(svc.spec.cluster_ip.as_deref());
     ips.extend(svc.spec.cluster_ips.iter().map(String::as_str));
     for (i, ip) in ips.iter().enumerate() {
-        if ip.is_empty() || ip.eq_ignore_ascii_case("none") {
+        if ip.eq_ignore_ascii_case("none") {
+            draft.headless = true;
+            continue;
+        }
+        if ip.is_empty() {
             continue;
         }
         let path = if i == 0 && svc.spec.cluster_ip.is_some() {
@@ -353,8 +400,12 @@ fn import(
     }
     let name = ServiceName::new(&imp.metadata.name, imp.metadata.namespace());
     let draft = services.entry(name.clone()).or_default();
+    balancer_annotations(s, &imp.metadata, draft, problems);
     if draft.defined_at.is_none() {
         draft.defined_at = Some(format!("ServiceImport {}", s.source));
+    }
+    if imp.spec.type_.as_deref() == Some("Headless") {
+        draft.headless = true;
     }
     for (i, ip) in imp.spec.ips.iter().enumerate() {
         if let Some(ip) = parse_ip(format!("{}.spec.ips[{i}]", s.source), ip, problems) {
@@ -497,6 +548,7 @@ fn endpoint_slice(
     let mut addrs: Vec<(IpAddr, bool)> = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let ready = ep.conditions.ready != Some(false);
+        let hostname = ep.hostname.as_ref().filter(|h| ready && is_dns_label(h));
         for (j, a) in ep.addresses.iter().enumerate() {
             let path = format!("{}.endpoints[{i}].addresses[{j}]", s.source);
             if let Some(ip) = parse_ip(path.clone(), a, problems) {
@@ -508,6 +560,13 @@ fn endpoint_slice(
                     continue;
                 }
                 addrs.push((ip, ready));
+                if let Some(h) = hostname {
+                    draft.hostnames.push(PodHostname {
+                        hostname: h.clone(),
+                        cluster: cluster.to_owned(),
+                        addr: ip,
+                    });
+                }
             }
         }
     }
@@ -596,5 +655,42 @@ fn policy(
     match services.get_mut(&name) {
         Some(d) => d.policy = Policy { lb_type, targets },
         None => problems.push(unknown_service(s, "GlobalTrafficPolicy", &name)),
+    }
+}
+
+/// Reads the balancing annotations of a Service or ServiceImport.
+fn balancer_annotations(
+    s: &Sourced,
+    meta: &manifest::ObjectMeta,
+    draft: &mut ServiceDraft,
+    problems: &mut Vec<Problem>,
+) {
+    let path = |key: &str| format!("{}.metadata.annotations.{key}", s.source);
+    if let Some(v) = meta.annotations.get(ANNOTATION_LB_ALGORITHM) {
+        match Algorithm::parse(v) {
+            Some(a) => draft.algorithm = a,
+            None => problems.push(Problem::new(
+                path(ANNOTATION_LB_ALGORITHM),
+                format!(
+                    "{v:?} is not one of p2c-ewma, round-robin, least-request, consistent-hash"
+                ),
+            )),
+        }
+    }
+    if let Some(v) = meta.annotations.get(ANNOTATION_HASH_KEY) {
+        let parsed = match v.split_once(':') {
+            None if v == "client-ip" => Some(HashKey::ClientIp),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .ok()
+                .map(HashKey::Header),
+            _ => None,
+        };
+        match parsed {
+            Some(k) => draft.hash_key = k,
+            None => problems.push(Problem::new(
+                path(ANNOTATION_HASH_KEY),
+                format!("{v:?} is not client-ip or header:NAME"),
+            )),
+        }
     }
 }

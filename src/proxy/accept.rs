@@ -17,7 +17,7 @@ use super::detect::{detect, Detected};
 use super::http::{self, Conn, Version};
 use super::metrics::RequestRecorder;
 use super::tcp::{self, TcpForward};
-use super::{Error, Proxy};
+use super::Proxy;
 use crate::config::UnknownDestination;
 use crate::discovery::Protocol;
 use crate::metrics::Direction;
@@ -167,38 +167,31 @@ async fn handle(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr, ds
             http::serve(conn, io, &s.http, proxy.drain.clone()).await;
         }
         Detected::Opaque => {
-            let pick = {
-                let state = proxy.store.load();
-                state
-                    .snapshot
-                    .target(&dst)
-                    .map(|t| t.port().selector.select().cloned())
-            };
-            match pick {
-                Some(Ok(pick)) => {
+            let max_attempts = proxy
+                .store
+                .load()
+                .config
+                .balance
+                .retries
+                .max_attempts
+                .clamp(1, 10);
+            match tcp::connect_with_failover(&proxy, dst, &service, s.connect_timeout, max_attempts)
+                .await
+            {
+                Ok((upstream, pick, inflight)) => {
                     let fwd = TcpForward {
                         client,
                         service: &service,
                         cluster: Some(pick.cluster),
                         upstream: pick.addr,
-                        connect_timeout: s.connect_timeout,
                         access_log: s.access_log,
                     };
-                    if let Err(error) = tcp::forward(io, fwd, m).await {
-                        tcp::count_error(m, &service, &error);
-                    }
+                    tcp::forward(io, upstream, fwd).await;
+                    drop(inflight);
                 }
-                Some(Err(source)) => {
-                    let error = Error::NoEndpoint {
-                        service: service.clone(),
-                        source,
-                    };
+                Err(error) => {
                     tcp::reset(io.tcp());
                     tcp::count_error(m, &service, &error);
-                }
-                None => {
-                    tcp::reset(io.tcp());
-                    tcp::count_error(m, &service, &Error::NoService(dst));
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 mod body;
 mod endpoint;
-mod headers;
+pub(crate) mod headers;
 mod logical;
 mod upgrade;
 

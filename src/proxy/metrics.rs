@@ -26,6 +26,9 @@ pub struct Metrics {
     pub(crate) http_connection_errors: IntCounterVec,
     pub(crate) detections: IntCounterVec,
     pub(crate) listener_bind_errors: IntCounter,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) retries_exhausted: IntCounterVec,
+    pub(crate) ejections: IntCounterVec,
 }
 
 const REQ_LABELS: &[&str] = &[
@@ -120,6 +123,30 @@ impl Metrics {
                     "strait_protocol_detections_total",
                     "Protocol of connections to ports without a protocol hint.",
                     &["protocol"],
+                )?,
+            )?,
+            retries: reg(
+                registry,
+                counter(
+                    "strait_retries_total",
+                    "Requests sent again to another endpoint, by reason (connect, reset, status_5xx).",
+                    &["service", "namespace", "reason"],
+                )?,
+            )?,
+            retries_exhausted: reg(
+                registry,
+                counter(
+                    "strait_retry_budget_exhausted_total",
+                    "Retries not made because the service's retry budget was spent.",
+                    &["service", "namespace"],
+                )?,
+            )?,
+            ejections: reg(
+                registry,
+                counter(
+                    "strait_endpoint_ejections_total",
+                    "Endpoints taken out of balancing after failures (passive health), by cluster.",
+                    &["service", "namespace", "cluster"],
                 )?,
             )?,
             listener_bind_errors: reg(

@@ -1,18 +1,21 @@
-//! Opaque TCP: connect to an endpoint (or, for passthrough, the original
-//! destination) and copy bytes both ways until both sides are done.
-//! Half-close is preserved: when one side finishes sending, the other side's
-//! write half is shut down and the reverse direction keeps flowing.
+//! Opaque TCP: connect to an endpoint (failing over to another endpoint, or
+//! another cluster where the policy allows, when a connect fails), then copy
+//! bytes both ways until both sides are done. Half-close is preserved: when
+//! one side finishes sending, the other side's write half is shut down and
+//! the reverse direction keeps flowing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::conn_io::ServerIo;
 use super::http::connect_tcp;
-use super::{access_log, Error};
+use super::{access_log, Error, Proxy};
+use crate::balance::{Failure, InFlight, Pick, PickContext};
 use crate::discovery::ServiceName;
 use crate::metrics::Direction;
 
@@ -21,31 +24,75 @@ pub(crate) struct TcpForward<'a> {
     pub service: &'a ServiceName,
     pub cluster: Option<Arc<str>>,
     pub upstream: SocketAddr,
-    pub connect_timeout: Duration,
     pub access_log: bool,
 }
 
-/// Forwards `io` to the upstream; returns once both directions are closed.
-pub(crate) async fn forward(
-    mut io: ServerIo,
-    fwd: TcpForward<'_>,
-    metrics: &super::Metrics,
-) -> Result<(), Error> {
-    let start = Instant::now();
-    let mut upstream = match connect_tcp(fwd.upstream, fwd.connect_timeout).await {
-        Ok(s) => s,
-        Err(error) => {
-            let labels = [
-                fwd.service.name.as_str(),
-                fwd.service.namespace.as_str(),
-                error.reason().as_str(),
-            ];
-            metrics.connect_errors.with_label_values(&labels).inc();
-            reset(io.tcp());
-            log(&fwd, start, 0, 0, Some(error.reason().as_str()));
-            return Err(error);
+/// Connects to an endpoint of the service at `dst`, trying others (up to
+/// `max_attempts` in all) when a connect fails. The returned guard counts
+/// the connection as in flight on the endpoint while it is held.
+pub(crate) async fn connect_with_failover(
+    proxy: &Proxy,
+    dst: SocketAddr,
+    service: &ServiceName,
+    connect_timeout: Duration,
+    max_attempts: u32,
+) -> Result<(TcpStream, Pick, InFlight), Error> {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last: Option<Error> = None;
+    loop {
+        let pick = {
+            let state = proxy.store.load();
+            let Some(target) = state.snapshot.target(&dst) else {
+                return Err(Error::NoService(dst));
+            };
+            let ctx = PickContext {
+                exclude: &tried,
+                hash: None,
+            };
+            match target.port().selector.select(&ctx) {
+                Ok(p) => p,
+                // Nothing left to try: the caller hears why the last one failed.
+                Err(_) if last.is_some() => {
+                    return Err(last.take().unwrap_or(Error::NoService(dst)))
+                }
+                Err(source) => {
+                    return Err(Error::NoEndpoint {
+                        service: service.clone(),
+                        source,
+                    })
+                }
+            }
+        };
+        let inflight = pick.state.start();
+        match connect_tcp(pick.addr, connect_timeout).await {
+            Ok(stream) => return Ok((stream, pick, inflight)),
+            Err(error) => {
+                let m = &proxy.metrics;
+                let (name, ns) = (service.name.as_str(), service.namespace.as_str());
+                m.connect_errors
+                    .with_label_values(&[name, ns, error.reason().as_str()])
+                    .inc();
+                if inflight.failure(Failure::Connect) {
+                    info!(endpoint = %pick.addr, cluster = %pick.cluster, "endpoint ejected");
+                    m.ejections
+                        .with_label_values(&[name, ns, &pick.cluster])
+                        .inc();
+                }
+                tried.push(pick.addr);
+                if tried.len() >= max_attempts as usize {
+                    return Err(error);
+                }
+                m.retries.with_label_values(&[name, ns, "connect"]).inc();
+                debug!(%error, "connect failed; trying another endpoint");
+                last = Some(error);
+            }
         }
-    };
+    }
+}
+
+/// Copies bytes between the client and the upstream until both are done.
+pub(crate) async fn forward(mut io: ServerIo, mut upstream: TcpStream, fwd: TcpForward<'_>) {
+    let start = Instant::now();
     let result = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
     let (sent_up, sent_down) = match &result {
         Ok((a, b)) => (*a, *b),
@@ -55,27 +102,16 @@ pub(crate) async fn forward(
         Ok(_) => debug!(sent_up, sent_down, "tcp connection closed"),
         Err(error) => debug!(%error, "tcp connection ended with an error"),
     }
-    log(
-        &fwd,
-        start,
-        sent_up,
-        sent_down,
-        result.as_ref().err().map(|_| "io"),
-    );
-    Ok(())
-}
-
-fn log(fwd: &TcpForward<'_>, start: Instant, bytes_in: u64, bytes_out: u64, error: Option<&str>) {
     if fwd.access_log {
         access_log::tcp(&access_log::TcpRecord {
             client: fwd.client,
             service: fwd.service,
             cluster: fwd.cluster.as_deref(),
             endpoint: Some(fwd.upstream),
-            bytes_in,
-            bytes_out,
+            bytes_in: sent_up,
+            bytes_out: sent_down,
             duration: start.elapsed(),
-            error,
+            error: result.as_ref().err().map(|_| "io"),
         });
     }
 }

@@ -93,7 +93,19 @@ impl Mesh {
 
     /// A Service with one port on `vip`; without `app_protocol` the port's
     /// protocol is detected (the port is named `web`, which is no hint).
-    pub fn service(mut self, name: &str, vip: SocketAddr, app_protocol: Option<&str>) -> Self {
+    pub fn service(self, name: &str, vip: SocketAddr, app_protocol: Option<&str>) -> Self {
+        self.service_balanced(name, vip, app_protocol, "p2c-ewma")
+    }
+
+    /// As [`Mesh::service`], balanced within the cluster by `algorithm`
+    /// (annotation `strait.io/lb-algorithm`).
+    pub fn service_balanced(
+        mut self,
+        name: &str,
+        vip: SocketAddr,
+        app_protocol: Option<&str>,
+        algorithm: &str,
+    ) -> Self {
         let hint = app_protocol
             .map(|p| format!(", appProtocol: {p}"))
             .unwrap_or_default();
@@ -101,7 +113,7 @@ impl Mesh {
         self.docs.push(format!(
             "  - apiVersion: v1
     kind: Service
-    metadata: {{ name: {name}, namespace: test }}
+    metadata: {{ name: {name}, namespace: test, annotations: {{ strait.io/lb-algorithm: {algorithm} }} }}
     spec:
       clusterIP: {ip}
       ports: [{{ name: web, port: {port}{hint} }}]

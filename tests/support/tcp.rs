@@ -1,6 +1,8 @@
 //! Raw TCP servers for tests: an echo server, a server that speaks first,
 //! and a closed port.
 
+#![allow(clippy::unwrap_used)] // test support fails loudly on the unexpected
+
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +14,9 @@ pub async fn echo_then_bye() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 loop {
@@ -40,7 +44,9 @@ pub async fn speaks_first(greeting: &'static [u8]) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if s.write_all(greeting).await.is_err() {
                     return;

@@ -95,3 +95,51 @@ impl Drop for ProxyBody {
         self.release_if_done();
     }
 }
+
+/// The request body sent upstream: streamed from the client, or held in
+/// memory so an idempotent request can be sent again.
+#[derive(Debug)]
+pub(crate) enum ReqBody {
+    Stream(Incoming),
+    Replay(Option<Bytes>),
+}
+
+impl ReqBody {
+    /// A copy for another attempt, when the body is held in memory.
+    pub fn replay(&self) -> Option<Self> {
+        match self {
+            ReqBody::Stream(_) => None,
+            ReqBody::Replay(b) => Some(ReqBody::Replay(b.clone())),
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Stream(inner) => Pin::new(inner).poll_frame(cx),
+            ReqBody::Replay(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream(inner) => inner.is_end_stream(),
+            ReqBody::Replay(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream(inner) => inner.size_hint(),
+            ReqBody::Replay(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            ReqBody::Replay(None) => SizeHint::with_exact(0),
+        }
+    }
+}

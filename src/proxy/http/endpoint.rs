@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
-use super::body::ProxyBody;
+use super::body::{ProxyBody, ReqBody};
 use super::Version;
 use crate::proxy::Error;
 
@@ -34,21 +34,21 @@ pub(crate) struct Pool {
 #[derive(Debug, Default)]
 struct Shared {
     h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
     /// Held while an HTTP/2 connection to the endpoint is being made.
     h2_connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ReqBody>,
     since: Instant,
 }
 
 /// Returns an HTTP/1 connection to the pool when dropped via [`Release::release`].
 #[derive(Debug)]
 pub(crate) struct Release {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ReqBody>,
     addr: SocketAddr,
     max_idle: usize,
     pool: Pool,
@@ -72,15 +72,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A failed send; `unsent` holds the request when no byte of it reached the
+/// upstream, so it may go to another endpoint whatever its method.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub error: Error,
+    pub unsent: Option<Request<ReqBody>>,
+}
+
+impl Failed {
+    fn unsent(error: Error, req: Request<ReqBody>) -> Self {
+        Self {
+            error,
+            unsent: Some(req),
+        }
+    }
+
+    fn sent(error: Error) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 impl Pool {
     /// Sends `req` to `addr` over a pooled connection of the given version.
     pub async fn send(
         &self,
         addr: SocketAddr,
         version: Version,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         limits: Limits,
-    ) -> Result<Response<ProxyBody>, Error> {
+    ) -> Result<Response<ProxyBody>, Failed> {
         match version {
             Version::Http1 => self.send_h1(addr, req, limits).await,
             Version::Http2 => self.send_h2(addr, req, limits).await,
@@ -90,9 +114,9 @@ impl Pool {
     async fn send_h1(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         limits: Limits,
-    ) -> Result<Response<ProxyBody>, Error> {
+    ) -> Result<Response<ProxyBody>, Failed> {
         while let Some(mut sender) = self.checkout(addr) {
             if sender.ready().await.is_err() {
                 continue;
@@ -103,30 +127,38 @@ impl Pool {
                     // Not written: the connection closed under us. Try another.
                     Some(r) => req = r,
                     None => {
-                        return Err(Error::Upstream {
+                        return Err(Failed::sent(Error::Upstream {
                             addr,
                             source: e.into_error(),
-                        })
+                        }))
                     }
                 },
             }
         }
-        let mut sender = connect_h1(addr, limits.connect_timeout, false).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|source| Error::Handshake { addr, source })?;
-        let rsp = sender
-            .send_request(req)
-            .await
-            .map_err(|source| Error::Upstream { addr, source })?;
-        Ok(self.wrap(addr, sender, rsp, limits))
+        let mut sender = match connect_h1(addr, limits.connect_timeout, false).await {
+            Ok(s) => s,
+            Err(error) => return Err(Failed::unsent(error, req)),
+        };
+        if let Err(source) = sender.ready().await {
+            return Err(Failed::unsent(Error::Handshake { addr, source }, req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok(self.wrap(addr, sender, rsp, limits)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let error = Error::Upstream {
+                    addr,
+                    source: e.into_error(),
+                };
+                Err(Failed { error, unsent })
+            }
+        }
     }
 
     fn wrap(
         &self,
         addr: SocketAddr,
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<ReqBody>,
         rsp: Response<Incoming>,
         limits: Limits,
     ) -> Response<ProxyBody> {
@@ -142,25 +174,34 @@ impl Pool {
     async fn send_h2(
         &self,
         addr: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         limits: Limits,
-    ) -> Result<Response<ProxyBody>, Error> {
-        let mut sender = match self.h2_open(addr) {
-            Some(s) => s,
-            None => self.connect_h2_once(addr, limits.connect_timeout).await?,
+    ) -> Result<Response<ProxyBody>, Failed> {
+        let sender = match self.h2_open(addr) {
+            Some(s) => Ok(s),
+            None => self.connect_h2_once(addr, limits.connect_timeout).await,
         };
-        sender
-            .ready()
-            .await
-            .map_err(|source| Error::Upstream { addr, source })?;
-        let rsp = sender
-            .send_request(req)
-            .await
-            .map_err(|source| Error::Upstream { addr, source })?;
-        Ok(rsp.map(|body| ProxyBody::upstream(body, None)))
+        let mut sender = match sender {
+            Ok(s) => s,
+            Err(error) => return Err(Failed::unsent(error, req)),
+        };
+        if let Err(source) = sender.ready().await {
+            return Err(Failed::unsent(Error::Upstream { addr, source }, req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok(rsp.map(|body| ProxyBody::upstream(body, None))),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let error = Error::Upstream {
+                    addr,
+                    source: e.into_error(),
+                };
+                Err(Failed { error, unsent })
+            }
+        }
     }
 
-    fn h2_open(&self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+    fn h2_open(&self, addr: SocketAddr) -> Option<http2::SendRequest<ReqBody>> {
         lock(&self.shared.h2)
             .get(&addr)
             .filter(|s| !s.is_closed())
@@ -174,7 +215,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, Error> {
+    ) -> Result<http2::SendRequest<ReqBody>, Error> {
         let gate = Arc::clone(lock(&self.shared.h2_connecting).entry(addr).or_default());
         let _connecting = match gate.try_lock() {
             Ok(guard) => Some(guard),
@@ -191,7 +232,7 @@ impl Pool {
         Ok(s)
     }
 
-    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
         let mut h1 = lock(&self.shared.h1);
         let idle = h1.get_mut(&addr)?;
         while let Some(i) = idle.pop() {
@@ -202,7 +243,7 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<ReqBody>, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
@@ -242,11 +283,15 @@ pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<T
 }
 
 /// A new HTTP/1.1 connection; `upgrades` keeps it usable after a `101`.
-pub(crate) async fn connect_h1(
+pub(crate) async fn connect_h1<B>(
     addr: SocketAddr,
     timeout: Duration,
     upgrades: bool,
-) -> Result<http1::SendRequest<Incoming>, Error> {
+) -> Result<http1::SendRequest<B>, Error>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = connect_tcp(addr, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
@@ -278,7 +323,7 @@ pub(crate) async fn connect_h1(
 async fn connect_h2(
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<http2::SendRequest<Incoming>, Error> {
+) -> Result<http2::SendRequest<ReqBody>, Error> {
     let stream = connect_tcp(addr, timeout).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -1,20 +1,35 @@
 //! One request: find the service port for the connection's destination in
-//! the current snapshot, pick an endpoint, forward, record.
+//! the current snapshot, pick an endpoint under the service's policy,
+//! forward, and on failure try again where it is safe; then record.
+//!
+//! Retries go to an endpoint not yet tried (another cluster where the policy
+//! allows), within the service's retry budget and `balance.retries.maxAttempts`:
+//! - any request that never reached an upstream (connect failure, a pooled
+//!   connection that closed before the request was written);
+//! - an idempotent request whose body is held in memory (none, or a known
+//!   length up to `maxReplayBytes`) that got a 502/503/504 or a reset.
+//!
+//! A non-idempotent request that reached an upstream is never sent again.
 
 use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
-use super::body::ProxyBody;
-use super::endpoint::Limits;
+use super::body::{ProxyBody, ReqBody};
+use super::endpoint::{Failed, Limits};
 use super::{headers, upgrade, Version};
-use crate::discovery::ServiceName;
+use crate::balance::{Algorithm, Failure, Pick, PickContext};
+use crate::discovery::{HashKey, ServiceName};
 use crate::proxy::metrics::RequestRecorder;
 use crate::proxy::respond::error_response;
 use crate::proxy::{access_log, Error, Proxy};
@@ -37,6 +52,77 @@ struct Settings {
     request_timeout: Option<Duration>,
     x_forwarded_for: bool,
     access_log: bool,
+    max_attempts: u32,
+    max_replay: usize,
+}
+
+/// Endpoints already tried by this request. At most `maxAttempts` (≤ 10).
+struct Tried {
+    addrs: [SocketAddr; 10],
+    len: usize,
+}
+
+impl Tried {
+    fn new() -> Self {
+        Self {
+            addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); 10],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, addr: SocketAddr) {
+        if self.len < self.addrs.len() {
+            self.addrs[self.len] = addr;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[SocketAddr] {
+        &self.addrs[..self.len]
+    }
+}
+
+/// What is needed to send a held request again.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: HttpVersion,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn request(&self, body: ReqBody) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+#[derive(Clone, Copy)]
+enum RetryReason {
+    Connect,
+    Reset,
+    Status,
+}
+
+impl RetryReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Reset => "reset",
+            RetryReason::Status => "status_5xx",
+        }
+    }
 }
 
 pub(super) async fn handle(
@@ -44,9 +130,10 @@ pub(super) async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let (service, pick, settings) = {
+    let (service, settings, algorithm, hash_key) = {
         let state = conn.proxy.store.load();
         let config = &state.config;
+        let retries = &config.balance.retries;
         let settings = Settings {
             limits: Limits {
                 connect_timeout: config.outbound.connect_timeout,
@@ -55,31 +142,24 @@ pub(super) async fn handle(
             request_timeout: config.outbound.request_timeout,
             x_forwarded_for: config.http.x_forwarded_for,
             access_log: config.log.access_log,
+            max_attempts: retries.max_attempts.clamp(1, 10),
+            max_replay: retries.max_replay_bytes,
         };
         let Some(target) = state.snapshot.target(&conn.dst) else {
             let error = Error::NoService(conn.dst);
             return Ok(fail(&conn, None, None, error, start, settings.access_log));
         };
-        let pick = target.port().selector.select().cloned();
-        (Arc::clone(&target.service), pick, settings)
+        let algorithm = target.port().selector.algorithm();
+        (
+            Arc::clone(&target.service),
+            settings,
+            algorithm,
+            target.service.hash_key.clone(),
+        )
     };
-    let pick = match pick {
-        Ok(p) => p,
-        Err(source) => {
-            let error = Error::NoEndpoint {
-                service: service.name.clone(),
-                source,
-            };
-            return Ok(fail(
-                &conn,
-                Some(&service.name),
-                None,
-                error,
-                start,
-                settings.access_log,
-            ));
-        }
-    };
+    let hash = (algorithm == Algorithm::ConsistentHash)
+        .then(|| request_hash(&hash_key, &req, conn.client))
+        .flatten();
 
     let upgrade = conn.version == Version::Http1
         && (req.method() == Method::CONNECT || headers::is_upgrade(req.headers()));
@@ -87,68 +167,333 @@ pub(super) async fn handle(
     if settings.x_forwarded_for {
         headers::add_forwarded(req.headers_mut(), conn.client);
     }
-    let method = settings.access_log.then(|| req.method().clone());
+    if upgrade {
+        return Ok(forward_upgrade(&conn, &service, req, hash, settings, start).await);
+    }
 
-    let addr = pick.addr;
-    let result = if upgrade {
-        upgrade::forward(addr, req, settings.limits.connect_timeout).await
+    let method = req.method().clone();
+    let idempotent = is_idempotent(&method);
+    let (parts, body) = req.into_parts();
+    let body = if body.is_end_stream() {
+        ReqBody::Replay(None)
+    } else if idempotent
+        && settings.max_attempts > 1
+        && content_length(&parts.headers).is_some_and(|n| n <= settings.max_replay as u64)
+    {
+        match Limited::new(body, settings.max_replay).collect().await {
+            Ok(collected) => ReqBody::Replay(Some(collected.to_bytes())),
+            Err(e) => {
+                debug!(error = %e, "client request body failed");
+                let mut rsp =
+                    Response::new(ProxyBody::full(Bytes::from_static(b"bad request body\n")));
+                *rsp.status_mut() = StatusCode::BAD_REQUEST;
+                return Ok(rsp);
+            }
+        }
     } else {
-        let send = conn
-            .proxy
-            .pool
-            .send(addr, conn.version, req, settings.limits);
-        match settings.request_timeout {
-            None => send.await,
-            Some(timeout) => match tokio::time::timeout(timeout, send).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::ResponseTimeout { addr, timeout }),
-            },
-        }
+        ReqBody::Stream(body)
     };
-
-    match result {
-        Ok(mut rsp) => {
-            let switched = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-            headers::strip_hop_by_hop(rsp.headers_mut(), upgrade && switched);
-            let elapsed = start.elapsed();
-            let code = rsp.status().as_u16();
-            conn.recorder
-                .record(&service.name, &pick.cluster, code, elapsed);
-            if let Some(method) = method {
-                access_log::http(&access_log::HttpRecord {
-                    client: conn.client,
-                    service: &service.name,
-                    cluster: Some(&pick.cluster),
-                    endpoint: Some(addr),
-                    method: method.as_str(),
-                    status: code,
-                    duration: elapsed,
-                    error: None,
-                });
-            }
-            Ok(rsp)
-        }
+    let template =
+        (idempotent && settings.max_attempts > 1 && body.replay().is_some()).then(|| Template {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        });
+    let mut req = Request::from_parts(parts, body);
+    let mut tried = Tried::new();
+    let mut attempt = 1;
+    let first = PickContext { exclude: &[], hash };
+    let mut pick = match select(&conn, &service, &first, settings.max_attempts > 1) {
+        Ok(p) => p,
         Err(error) => {
-            if error.is_connect() {
-                conn.recorder
-                    .metrics()
-                    .connect_errors
-                    .with_label_values(&[
-                        service.name.name.as_str(),
-                        service.name.namespace.as_str(),
-                        error.reason().as_str(),
-                    ])
-                    .inc();
-            }
-            Ok(fail(
+            return Ok(fail(
                 &conn,
                 Some(&service.name),
-                Some((&pick.cluster, addr)),
+                None,
                 error,
                 start,
                 settings.access_log,
             ))
         }
+    };
+    loop {
+        let again = if attempt < settings.max_attempts {
+            template
+                .as_ref()
+                .and_then(|t| req.body().replay().map(|b| t.request(b)))
+        } else {
+            None
+        };
+        let inflight = pick.state.start();
+        let send = conn
+            .proxy
+            .pool
+            .send(pick.addr, conn.version, req, settings.limits);
+        let result = match settings.request_timeout {
+            None => send.await,
+            Some(timeout) => match tokio::time::timeout(timeout, send).await {
+                Ok(r) => r,
+                Err(_) => Err(Failed {
+                    error: Error::ResponseTimeout {
+                        addr: pick.addr,
+                        timeout,
+                    },
+                    unsent: None,
+                }),
+            },
+        };
+
+        // The outcome, and the request to send again if this one may be retried.
+        let (outcome, next, reason) = match result {
+            Ok(rsp) => {
+                let status = rsp.status().as_u16();
+                if idempotent && matches!(status, 502..=504) {
+                    let ejected = inflight.failure(Failure::Response);
+                    count_ejection(&conn, &service.name, &pick, ejected);
+                    (Ok(rsp), again, RetryReason::Status)
+                } else {
+                    inflight.success();
+                    (Ok(rsp), None, RetryReason::Status)
+                }
+            }
+            // A slow endpoint is not a dead one, and a timed-out request is
+            // not retried: that would only add load.
+            Err(Failed {
+                error: error @ Error::ResponseTimeout { .. },
+                ..
+            }) => (Err(error), None, RetryReason::Reset),
+            Err(Failed { error, unsent }) => {
+                let connect = error.is_connect();
+                if connect {
+                    count_connect_error(&conn, &service.name, &error);
+                }
+                let kind = if connect {
+                    Failure::Connect
+                } else {
+                    Failure::Response
+                };
+                let ejected = inflight.failure(kind);
+                count_ejection(&conn, &service.name, &pick, ejected);
+                let reason = if unsent.is_some() && connect {
+                    RetryReason::Connect
+                } else {
+                    RetryReason::Reset
+                };
+                let next = unsent.or(if idempotent { again } else { None });
+                (Err(error), next, reason)
+            }
+        };
+
+        // Retry only when another endpoint is there to take it and the
+        // budget allows; otherwise the caller gets this outcome.
+        let retry = match next {
+            Some(next) if attempt < settings.max_attempts => {
+                tried.push(pick.addr);
+                let ctx = PickContext {
+                    exclude: tried.as_slice(),
+                    hash,
+                };
+                match select(&conn, &service, &ctx, false) {
+                    Ok(p) if budget(&conn, &service.name) => Some((next, p)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((next, next_pick)) = retry else {
+            return Ok(match outcome {
+                Ok(rsp) => finish(&conn, &service.name, &pick, rsp, start, &method, settings),
+                Err(error) => fail(
+                    &conn,
+                    Some(&service.name),
+                    Some((&pick.cluster, pick.addr)),
+                    error,
+                    start,
+                    settings.access_log,
+                ),
+            });
+        };
+        conn.recorder
+            .metrics()
+            .retries
+            .with_label_values(&[
+                service.name.name.as_str(),
+                service.name.namespace.as_str(),
+                reason.as_str(),
+            ])
+            .inc();
+        debug!(
+            from = %pick.addr,
+            to = %next_pick.addr,
+            cluster = %next_pick.cluster,
+            reason = reason.as_str(),
+            "retrying on another endpoint"
+        );
+        req = next;
+        pick = next_pick;
+        attempt += 1;
+    }
+}
+
+/// Picks from the state in force; on a request's first attempt, also pays
+/// into the retry budget.
+fn select(
+    conn: &Conn,
+    service: &crate::discovery::Service,
+    ctx: &PickContext<'_>,
+    deposit: bool,
+) -> Result<Pick, Error> {
+    let state = conn.proxy.store.load();
+    let Some(target) = state.snapshot.target(&conn.dst) else {
+        return Err(Error::NoService(conn.dst));
+    };
+    let selector = &target.port().selector;
+    if deposit {
+        selector.state().deposit();
+    }
+    selector.select(ctx).map_err(|source| Error::NoEndpoint {
+        service: service.name.clone(),
+        source,
+    })
+}
+
+/// Takes one retry from the service's budget.
+fn budget(conn: &Conn, service: &ServiceName) -> bool {
+    let state = conn.proxy.store.load();
+    let ok = state
+        .snapshot
+        .target(&conn.dst)
+        .is_some_and(|t| t.port().selector.state().withdraw());
+    if !ok {
+        conn.recorder
+            .metrics()
+            .retries_exhausted
+            .with_label_values(&[service.name.as_str(), service.namespace.as_str()])
+            .inc();
+    }
+    ok
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match key {
+        HashKey::ClientIp => client.ip().hash(&mut h),
+        HashKey::Header(name) => req.headers().get(name)?.as_bytes().hash(&mut h),
+    }
+    Some(h.finish())
+}
+
+async fn forward_upgrade(
+    conn: &Conn,
+    service: &crate::discovery::Service,
+    req: Request<Incoming>,
+    hash: Option<u64>,
+    settings: Settings,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let ctx = PickContext { exclude: &[], hash };
+    let pick = match select(conn, service, &ctx, false) {
+        Ok(p) => p,
+        Err(error) => {
+            return fail(
+                conn,
+                Some(&service.name),
+                None,
+                error,
+                start,
+                settings.access_log,
+            )
+        }
+    };
+    let method = req.method().clone();
+    let inflight = pick.state.start();
+    match upgrade::forward(pick.addr, req, settings.limits.connect_timeout).await {
+        Ok(rsp) => {
+            inflight.success();
+            finish(conn, &service.name, &pick, rsp, start, &method, settings)
+        }
+        Err(error) => {
+            if error.is_connect() {
+                count_connect_error(conn, &service.name, &error);
+                let ejected = inflight.failure(Failure::Connect);
+                count_ejection(conn, &service.name, &pick, ejected);
+            }
+            fail(
+                conn,
+                Some(&service.name),
+                Some((&pick.cluster, pick.addr)),
+                error,
+                start,
+                settings.access_log,
+            )
+        }
+    }
+}
+
+/// The upstream's response, cleaned of hop-by-hop headers, recorded.
+fn finish(
+    conn: &Conn,
+    service: &ServiceName,
+    pick: &Pick,
+    mut rsp: Response<ProxyBody>,
+    start: Instant,
+    method: &Method,
+    settings: Settings,
+) -> Response<ProxyBody> {
+    let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(rsp.headers_mut(), switched);
+    let elapsed = start.elapsed();
+    let code = rsp.status().as_u16();
+    conn.recorder.record(service, &pick.cluster, code, elapsed);
+    if settings.access_log {
+        access_log::http(&access_log::HttpRecord {
+            client: conn.client,
+            service,
+            cluster: Some(&pick.cluster),
+            endpoint: Some(pick.addr),
+            method: method.as_str(),
+            status: code,
+            duration: elapsed,
+            error: None,
+        });
+    }
+    rsp
+}
+
+fn count_connect_error(conn: &Conn, service: &ServiceName, error: &Error) {
+    conn.recorder
+        .metrics()
+        .connect_errors
+        .with_label_values(&[
+            service.name.as_str(),
+            service.namespace.as_str(),
+            error.reason().as_str(),
+        ])
+        .inc();
+}
+
+fn count_ejection(conn: &Conn, service: &ServiceName, pick: &Pick, ejected: bool) {
+    if ejected {
+        info!(endpoint = %pick.addr, cluster = %pick.cluster, "endpoint ejected");
+        conn.recorder
+            .metrics()
+            .ejections
+            .with_label_values(&[
+                service.name.as_str(),
+                service.namespace.as_str(),
+                &pick.cluster,
+            ])
+            .inc();
     }
 }
 
