@@ -1,105 +1,127 @@
-//! `strait demo`: a self-contained mesh on loopback, no root needed.
+//! `strait demo`: a three-cluster mesh on loopback, no root needed.
 //!
-//! Starts three backends of `httpbin.demo` in the local cluster, one backend
-//! of `payments.demo` that lives only in another cluster, and a Strait proxy
-//! built by the same wiring as production, with per-service VIP listeners on
-//! 127.1.0.0/16 instead of iptables. Then it sends requests through the proxy
-//! and prints where each one went, and what the metrics say.
+//! Backends stand for the pods of three clusters (all on 127.0.0.1, told
+//! apart by EndpointSlices labelled with their source cluster). One Strait
+//! proxy, the sidecar of a client pod in cluster-1, is built by the same
+//! wiring as production, with per-service VIP listeners on 127.1.0.0/16
+//! instead of iptables. The demo sends requests through it and prints where
+//! they went under each traffic policy: ActiveActive by weight, FailOver
+//! when cluster-1's replicas die and fail-back when they return, and
+//! Locality's refusal to leave the cluster.
 
 pub mod backend;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{parse_str, MapOverrides};
 use crate::App;
 
-const HTTPBIN_VIP: &str = "127.1.0.1";
-const PAYMENTS_VIP: &str = "127.1.0.2";
 const PORT: u16 = 8080;
+const HTTPBIN: &str = "127.1.0.1";
+const PAYMENTS: &str = "127.1.0.2";
+const INVENTORY: &str = "127.1.0.3";
+const HOLD_DOWN: Duration = Duration::from_secs(2);
 
-/// The demo's mesh state, around the backends' real addresses.
-fn config(httpbin: &[SocketAddr], payments: SocketAddr) -> String {
-    // All demo backends share 127.0.0.1, so each gets its own slice (one port each).
-    let slices: String = httpbin
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            format!(
-                r#"  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata:
-      name: httpbin-{i}
-      namespace: demo
-      labels: {{ kubernetes.io/service-name: httpbin }}
-    addressType: IPv4
-    endpoints:
-      - addresses: ["{ip}"]
-    ports: [{{ name: http, port: {port} }}]
-"#,
-                ip = a.ip(),
-                port = a.port()
-            )
-        })
-        .collect();
+fn slice(service: &str, i: usize, cluster: &str, addr: SocketAddr) -> String {
+    let source = if cluster == "cluster-1" {
+        String::new()
+    } else {
+        format!(", multicluster.kubernetes.io/source-cluster: {cluster}")
+    };
     format!(
-        r#"node: {{ cluster: cluster-1 }}
-listeners:
-  admin: 127.0.0.1:0
-  outbound: null
-  serviceVips: true
-mesh:
-  - apiVersion: v1
-    kind: Service
-    metadata: {{ name: httpbin, namespace: demo }}
-    spec:
-      clusterIP: {HTTPBIN_VIP}
-      ports: [{{ name: http, port: {PORT}, appProtocol: http }}]
-{slices}  - apiVersion: v1
-    kind: Service
-    metadata: {{ name: payments, namespace: demo }}
-    spec:
-      clusterIP: {PAYMENTS_VIP}
-      ports: [{{ name: http, port: {PORT} }}]
-  - apiVersion: discovery.k8s.io/v1
+        "  - apiVersion: discovery.k8s.io/v1
     kind: EndpointSlice
     metadata:
-      name: payments-cluster-3
+      name: {service}-{i}
       namespace: demo
-      labels:
-        kubernetes.io/service-name: payments
-        multicluster.kubernetes.io/source-cluster: cluster-3
+      labels: {{ kubernetes.io/service-name: {service}{source} }}
     addressType: IPv4
-    endpoints:
-      - addresses: ["{pip}"]
-    ports: [{{ name: http, port: {pport} }}]
-"#,
-        pip = payments.ip(),
-        pport = payments.port(),
+    endpoints: [{{ addresses: [\"{ip}\"] }}]
+    ports: [{{ name: http, port: {port} }}]
+",
+        ip = addr.ip(),
+        port = addr.port()
     )
+}
+
+fn service(name: &str, vip: &str, policy: Option<&str>) -> String {
+    let mut out = format!(
+        "  - apiVersion: v1
+    kind: Service
+    metadata: {{ name: {name}, namespace: demo }}
+    spec: {{ clusterIP: {vip}, ports: [{{ name: http, port: {PORT}, appProtocol: http }}] }}
+"
+    );
+    if let Some(spec) = policy {
+        out.push_str(&format!(
+            "  - apiVersion: flomesh.io/v1alpha1
+    kind: GlobalTrafficPolicy
+    metadata: {{ name: {name}, namespace: demo }}
+    spec: {spec}
+"
+        ));
+    }
+    out
 }
 
 /// Runs the demo, writing its report to `out`.
 pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut httpbin = Vec::new();
-    for name in ["httpbin-a", "httpbin-b", "httpbin-c"] {
-        httpbin.push(backend::start(name, any, false).await?);
+    let mut backends = BTreeMap::new();
+    for name in [
+        "httpbin@cluster-1/a",
+        "httpbin@cluster-1/b",
+        "httpbin@cluster-2",
+        "httpbin@cluster-3",
+        "payments@cluster-1",
+        "payments@cluster-3",
+        "inventory@cluster-2",
+    ] {
+        backends.insert(name, backend::start(name, any, false).await?);
     }
-    let payments = backend::start("payments-cluster-3", any, false).await?;
-    let addrs: Vec<SocketAddr> = httpbin.iter().map(|b| b.addr).collect();
-    let text = config(&addrs, payments.addr);
+    let addr = |name: &str| backends[name].addr;
+
+    let mut mesh = service(
+        "httpbin",
+        HTTPBIN,
+        Some("{ lbType: ActiveActive, targets: [{ clusterKey: default/default/default/cluster-2, weight: 100 }, { clusterKey: default/default/default/cluster-3, weight: 200 }] }"),
+    );
+    mesh += &slice("httpbin", 0, "cluster-1", addr("httpbin@cluster-1/a"));
+    mesh += &slice("httpbin", 1, "cluster-1", addr("httpbin@cluster-1/b"));
+    mesh += &slice("httpbin", 2, "cluster-2", addr("httpbin@cluster-2"));
+    mesh += &slice("httpbin", 3, "cluster-3", addr("httpbin@cluster-3"));
+    mesh += &service(
+        "payments",
+        PAYMENTS,
+        Some("{ lbType: FailOver, targets: [{ clusterKey: default/default/default/cluster-3 }] }"),
+    );
+    mesh += &slice("payments", 0, "cluster-1", addr("payments@cluster-1"));
+    mesh += &slice("payments", 1, "cluster-3", addr("payments@cluster-3"));
+    mesh += &service("inventory", INVENTORY, None);
+    mesh += &slice("inventory", 0, "cluster-2", addr("inventory@cluster-2"));
+    let text = format!(
+        "node: {{ cluster: cluster-1 }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: null, serviceVips: true }}
+balance: {{ failBackHoldDown: {}s, probeInterval: 200ms, probeTimeout: 100ms }}
+mesh:
+{mesh}",
+        HOLD_DOWN.as_secs()
+    );
     let loaded =
         parse_str(&text, Path::new("."), &MapOverrides::default()).context("demo config")?;
     let app = App::new(loaded).bind().await.with_context(|| {
-        format!("cannot start the proxy (is another demo using {HTTPBIN_VIP}:{PORT}?)")
+        format!("cannot start the proxy (is another demo using {HTTPBIN}:{PORT}?)")
     })?;
     let admin = app.admin_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -109,50 +131,57 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
 
     writeln!(
         out,
-        "Strait demo: one proxy, cluster-1, services on loopback VIPs\n"
+        "Strait demo: the sidecar of a client pod in cluster-1; services in clusters 1, 2 and 3\n"
     )?;
+
+    // ActiveActive by weight.
+    writeln!(out, "1. httpbin.demo ({HTTPBIN}:{PORT}), ActiveActive: cluster-1 (weight 100, local), cluster-2 (100), cluster-3 (200)")?;
+    let mut client = Client::new(format!("{HTTPBIN}:{PORT}").parse()?);
+    let tally = client.tally(1000).await;
+    print_tally(out, &tally, 1000)?;
+
+    // FailOver and fail-back.
     writeln!(
         out,
-        "httpbin.demo ({HTTPBIN_VIP}:{PORT}) has 3 endpoints in cluster-1: {}",
-        addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "\n2. payments.demo ({PAYMENTS}:{PORT}), FailOver: cluster-1 first, then cluster-3"
     )?;
-    let vip: SocketAddr = format!("{HTTPBIN_VIP}:{PORT}").parse()?;
-    for i in 1..=6 {
-        let (status, headers, body) = get(vip, "/").await?;
-        let backend = headers
-            .get("x-backend")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("?");
-        writeln!(
-            out,
-            "  request {i}: {status} from {backend} ({} bytes)",
-            body.len()
-        )?;
+    let mut client = Client::new(format!("{PAYMENTS}:{PORT}").parse()?);
+    print_tally(out, &client.tally(200).await, 200)?;
+    writeln!(out, "   cluster-1's payments pod dies ...")?;
+    let local = addr("payments@cluster-1");
+    if let Some(b) = backends.get("payments@cluster-1") {
+        b.stop();
     }
-
+    print_tally(out, &client.tally(200).await, 200)?;
     writeln!(
         out,
-        "\npayments.demo ({PAYMENTS_VIP}:{PORT}) runs only in cluster-3; the default policy is Locality:"
+        "   ... and comes back; Strait waits for the {}s hold-down before failing back:",
+        HOLD_DOWN.as_secs()
     )?;
-    let pvip: SocketAddr = format!("{PAYMENTS_VIP}:{PORT}").parse()?;
-    let (status, headers, _) = get(pvip, "/").await?;
-    let why = headers
-        .get("x-strait-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    writeln!(out, "  {status}, x-strait-error: {why}")?;
+    let revived = backend::start("payments@cluster-1", local, false).await?;
+    print_tally(out, &client.tally(100).await, 100)?;
+    tokio::time::sleep(HOLD_DOWN + Duration::from_millis(600)).await;
+    writeln!(out, "   after the hold-down:")?;
+    print_tally(out, &client.tally(100).await, 100)?;
+    drop(revived);
 
-    let (_, _, metrics) = get(admin, "/metrics").await?;
-    writeln!(out, "\nMetrics (http://{admin}/metrics):")?;
-    for line in String::from_utf8_lossy(&metrics)
-        .lines()
-        .filter(|l| l.starts_with("strait_requests_total{"))
-    {
-        writeln!(out, "  {line}")?;
+    // Locality.
+    writeln!(out, "\n3. inventory.demo ({INVENTORY}:{PORT}) runs only in cluster-2; no policy means Locality:")?;
+    let (status, why) = Client::new(format!("{INVENTORY}:{PORT}").parse()?)
+        .once()
+        .await;
+    writeln!(out, "   {status}, x-strait-error: {why}")?;
+
+    let page = Client::new(admin).get_text("/metrics").await;
+    writeln!(out, "\nMetrics (http://{admin}/metrics), a few of them:")?;
+    for line in page.lines().filter(|l| {
+        (l.starts_with("strait_requests_total{") && l.contains("code=\"200\""))
+            || l.starts_with("strait_balance_failovers_total{")
+            || l.starts_with("strait_balance_failbacks_total{")
+            || l.starts_with("strait_retries_total{")
+            || l.starts_with("strait_endpoint_ejections_total{")
+    }) {
+        writeln!(out, "   {line}")?;
     }
 
     let _ = stop_tx.send(());
@@ -164,19 +193,90 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, http::HeaderMap, Bytes)> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::new())?;
-    let rsp = sender.send_request(req).await?;
-    let status = rsp.status().as_u16();
-    let headers = rsp.headers().clone();
-    let body = rsp.into_body().collect().await?.to_bytes();
-    Ok((status, headers, body))
+fn print_tally(
+    out: &mut (dyn Write + Send),
+    tally: &BTreeMap<String, usize>,
+    n: usize,
+) -> std::io::Result<()> {
+    let parts: Vec<String> = tally
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}%", 100.0 * *v as f64 / n as f64))
+        .collect();
+    writeln!(out, "   {n} requests: {}", parts.join(", "))
+}
+
+/// A keep-alive HTTP/1.1 client that reconnects when its connection closes.
+struct Client {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, sender: None }
+    }
+
+    async fn send(&mut self, path: &str) -> anyhow::Result<(u16, http::HeaderMap, Bytes)> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connect {}", self.addr))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().context("connected")?;
+        sender.ready().await?;
+        let req = http::Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Empty::new())?;
+        let rsp = sender.send_request(req).await?;
+        let status = rsp.status().as_u16();
+        let headers = rsp.headers().clone();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok((status, headers, body))
+    }
+
+    /// `n` GETs; answers counted by backend, failures as `failed`.
+    async fn tally(&mut self, n: usize) -> BTreeMap<String, usize> {
+        let mut tally = BTreeMap::new();
+        for _ in 0..n {
+            let key = match self.send("/").await {
+                Ok((200, headers, _)) => headers
+                    .get("x-backend")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?")
+                    .to_owned(),
+                Ok((status, _, _)) => format!("failed ({status})"),
+                Err(_) => {
+                    self.sender = None;
+                    "failed (connection)".to_owned()
+                }
+            };
+            *tally.entry(key).or_default() += 1;
+        }
+        tally
+    }
+
+    async fn once(&mut self) -> (u16, String) {
+        match self.send("/").await {
+            Ok((status, headers, _)) => (
+                status,
+                headers
+                    .get("x-strait-error")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    async fn get_text(&mut self, path: &str) -> String {
+        match self.send(path).await {
+            Ok((_, _, body)) => String::from_utf8_lossy(&body).into_owned(),
+            Err(e) => format!("({e})"),
+        }
+    }
 }

@@ -95,6 +95,12 @@ async fn round(store: &Store, metrics: &Metrics, timeout: Duration) {
         });
     }
     while probes.join_next().await.is_some() {}
+    let now = super::clock::now_ns();
+    for service in state.snapshot.services.values() {
+        for port in &service.ports {
+            port.selector.update_tier(now);
+        }
+    }
 
     metrics.healthy.reset();
     metrics.policy.reset();

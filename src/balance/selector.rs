@@ -197,6 +197,30 @@ impl Selector {
     /// FailOver with hysteresis on the way back.
     fn failover(&self, ctx: &PickContext<'_>, now: u64) -> Option<Pick> {
         let (local, rest) = self.groups.split_first()?;
+        if self.update_tier(now) {
+            // Remote tiers in order; the local cluster only as a last resort.
+            rest.iter()
+                .chain(std::iter::once(local))
+                .find_map(|g| self.pick_in(g, ctx, now))
+        } else {
+            std::iter::once(local)
+                .chain(rest)
+                .find_map(|g| self.pick_in(g, ctx, now))
+        }
+    }
+
+    /// Moves a FailOver service off its local cluster when that has no
+    /// healthy endpoint, and back once it has stayed healthy for the
+    /// hold-down. Called on every pick and by the active prober, so the
+    /// hold-down runs from the recovery, not from the next request.
+    /// Returns whether the service is failed over.
+    pub(crate) fn update_tier(&self, now: u64) -> bool {
+        let Some(local) = self.groups.first() else {
+            return false;
+        };
+        if self.lb_type != LbType::FailOver {
+            return false;
+        }
         let s = &self.state;
         let local_healthy = local.any_healthy();
         if s.failed_over.load(Ordering::Relaxed) {
@@ -218,16 +242,7 @@ impl Selector {
             s.failovers.inc();
             tracing::info!(cluster = %local.cluster, "local cluster unhealthy; failing over");
         }
-        if s.failed_over.load(Ordering::Relaxed) {
-            // Remote tiers in order; the local cluster only as a last resort.
-            rest.iter()
-                .chain(std::iter::once(local))
-                .find_map(|g| self.pick_in(g, ctx, now))
-        } else {
-            std::iter::once(local)
-                .chain(rest)
-                .find_map(|g| self.pick_in(g, ctx, now))
-        }
+        s.failed_over.load(Ordering::Relaxed)
     }
 
     pub fn lb_type(&self) -> LbType {

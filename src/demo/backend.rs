@@ -41,7 +41,8 @@ impl Backend {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting; open connections finish on their own.
+    /// Stops as a killed pod does: the listener and every open connection
+    /// close at once. [`start`] on the same address brings it back.
     pub fn stop(&self) {
         self.stop.cancel();
     }
@@ -69,21 +70,23 @@ pub async fn start(name: &str, bind: SocketAddr, h2: bool) -> std::io::Result<Ba
             let _ = stream.set_nodelay(true);
             let name = Arc::clone(&name);
             let requests = Arc::clone(&requests);
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     requests.fetch_add(1, Ordering::Relaxed);
                     respond(Arc::clone(&name), req)
                 });
                 let io = TokioIo::new(stream);
+                // Dropping a connection on stop closes its socket mid-whatever.
                 if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
                 } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
                 }
             });
         }
