@@ -40,3 +40,6 @@ pub(crate) mod clock {
         Instant::now().saturating_duration_since(base).as_nanos() as u64 + 1
     }
 }
+
+#[cfg(test)]
+mod tests;
