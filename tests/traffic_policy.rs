@@ -6,6 +6,7 @@
 
 mod support {
     pub mod killable;
+    #[allow(dead_code)] // shared with other tests; not every helper is used here
     pub mod tcp;
 }
 

@@ -3,6 +3,7 @@
 //! same address.
 
 #![allow(clippy::unwrap_used)] // test support fails loudly on the unexpected
+#![allow(dead_code)] // each test crate uses the part of the support it needs
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
