@@ -14,8 +14,8 @@ mod translate;
 mod vips;
 
 pub use model::{
-    ClusterEndpoints, ClusterInfo, Endpoint, EndpointKind, Export, HashKey, LbType, PodHostname, Policy,
-    PolicyTarget, Protocol, Service, ServiceName, ServicePort, Snapshot, Target,
+    ClusterEndpoints, ClusterInfo, Endpoint, EndpointKind, Export, HashKey, LbType, PodHostname,
+    Policy, PolicyTarget, Protocol, Service, ServiceName, ServicePort, Snapshot, Target,
 };
 pub use store::{State, Store};
 pub use translate::{translate, translate_with, ANNOTATION_HASH_KEY, ANNOTATION_LB_ALGORITHM};
