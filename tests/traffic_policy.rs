@@ -410,6 +410,12 @@ async fn an_idempotent_request_that_gets_a_503_is_retried_elsewhere() {
             "http",
             &[("cluster-1", busy.addr), ("cluster-1", fine.addr)],
             "",
+        )
+        // Round robin sends every other first attempt to `busy`.
+        .replacen(
+            "metadata: { name: web, namespace: shop }",
+            "metadata: { name: web, namespace: shop, annotations: { strait.io/lb-algorithm: round-robin } }",
+            1,
         ),
     );
     let proxy = TestProxy::from_yaml(&yaml).await.unwrap();

@@ -130,7 +130,8 @@ pub(super) async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let (service, settings, algorithm, hash_key) = {
+    // One look at the state in force: settings, the service, the first pick.
+    let (service, settings, hash, first) = {
         let state = conn.proxy.store.load();
         let config = &state.config;
         let retries = &config.balance.retries;
@@ -149,17 +150,34 @@ pub(super) async fn handle(
             let error = Error::NoService(conn.dst);
             return Ok(fail(&conn, None, None, error, start, settings.access_log));
         };
-        let algorithm = target.port().selector.algorithm();
-        (
-            Arc::clone(&target.service),
-            settings,
-            algorithm,
-            target.service.hash_key.clone(),
-        )
+        let selector = &target.port().selector;
+        let hash = (selector.algorithm() == Algorithm::ConsistentHash)
+            .then(|| request_hash(&target.service.hash_key, &req, conn.client))
+            .flatten();
+        if settings.max_attempts > 1 {
+            // Every request earns retry budget.
+            selector.state().deposit();
+        }
+        let first = selector.select(&PickContext { exclude: &[], hash });
+        (Arc::clone(&target.service), settings, hash, first)
     };
-    let hash = (algorithm == Algorithm::ConsistentHash)
-        .then(|| request_hash(&hash_key, &req, conn.client))
-        .flatten();
+    let mut pick = match first {
+        Ok(p) => p,
+        Err(source) => {
+            let error = Error::NoEndpoint {
+                service: service.name.clone(),
+                source,
+            };
+            return Ok(fail(
+                &conn,
+                Some(&service.name),
+                None,
+                error,
+                start,
+                settings.access_log,
+            ));
+        }
+    };
 
     let upgrade = conn.version == Version::Http1
         && (req.method() == Method::CONNECT || headers::is_upgrade(req.headers()));
@@ -168,7 +186,7 @@ pub(super) async fn handle(
         headers::add_forwarded(req.headers_mut(), conn.client);
     }
     if upgrade {
-        return Ok(forward_upgrade(&conn, &service, req, hash, settings, start).await);
+        return Ok(forward_upgrade(&conn, &service, pick, req, settings, start).await);
     }
 
     let method = req.method().clone();
@@ -203,20 +221,6 @@ pub(super) async fn handle(
     let mut req = Request::from_parts(parts, body);
     let mut tried = Tried::new();
     let mut attempt = 1;
-    let first = PickContext { exclude: &[], hash };
-    let mut pick = match select(&conn, &service, &first, settings.max_attempts > 1) {
-        Ok(p) => p,
-        Err(error) => {
-            return Ok(fail(
-                &conn,
-                Some(&service.name),
-                None,
-                error,
-                start,
-                settings.access_log,
-            ))
-        }
-    };
     loop {
         let again = if attempt < settings.max_attempts {
             template
@@ -294,7 +298,7 @@ pub(super) async fn handle(
                     exclude: tried.as_slice(),
                     hash,
                 };
-                match select(&conn, &service, &ctx, false) {
+                match select(&conn, &service, &ctx) {
                     Ok(p) if budget(&conn, &service.name) => Some((next, p)),
                     _ => None,
                 }
@@ -336,26 +340,24 @@ pub(super) async fn handle(
     }
 }
 
-/// Picks from the state in force; on a request's first attempt, also pays
-/// into the retry budget.
+/// Picks again from the state in force, for a retry.
 fn select(
     conn: &Conn,
     service: &crate::discovery::Service,
     ctx: &PickContext<'_>,
-    deposit: bool,
 ) -> Result<Pick, Error> {
     let state = conn.proxy.store.load();
     let Some(target) = state.snapshot.target(&conn.dst) else {
         return Err(Error::NoService(conn.dst));
     };
-    let selector = &target.port().selector;
-    if deposit {
-        selector.state().deposit();
-    }
-    selector.select(ctx).map_err(|source| Error::NoEndpoint {
-        service: service.name.clone(),
-        source,
-    })
+    target
+        .port()
+        .selector
+        .select(ctx)
+        .map_err(|source| Error::NoEndpoint {
+            service: service.name.clone(),
+            source,
+        })
 }
 
 /// Takes one retry from the service's budget.
@@ -396,25 +398,11 @@ fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> O
 async fn forward_upgrade(
     conn: &Conn,
     service: &crate::discovery::Service,
+    pick: Pick,
     req: Request<Incoming>,
-    hash: Option<u64>,
     settings: Settings,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let ctx = PickContext { exclude: &[], hash };
-    let pick = match select(conn, service, &ctx, false) {
-        Ok(p) => p,
-        Err(error) => {
-            return fail(
-                conn,
-                Some(&service.name),
-                None,
-                error,
-                start,
-                settings.access_log,
-            )
-        }
-    };
     let method = req.method().clone();
     let inflight = pick.state.start();
     match upgrade::forward(pick.addr, req, settings.limits.connect_timeout).await {
