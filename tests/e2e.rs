@@ -9,7 +9,8 @@
 //! - `netns`: the harness (hosts, links, processes, bounded waits);
 //! - `sidecar`: strait as a pod's sidecar (config, capture rules, metrics);
 //! - `capture`: transparent capture scenarios;
-//! - `lifecycle`: SIGTERM and drain.
+//! - `lifecycle`: SIGTERM and drain;
+//! - `traffic_policy`: FailOver and ActiveActive across cluster hosts.
 //!
 //! To add scenarios, add `tests/e2e/NAME.rs` and a `#[path]` line below.
 
@@ -22,3 +23,5 @@ mod sidecar;
 mod capture;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/traffic_policy.rs"]
+mod traffic_policy;

@@ -46,6 +46,10 @@ pub struct PickContext<'a> {
     pub exclude: &'a [SocketAddr],
     /// The request's key for consistent hashing.
     pub hash: Option<u64>,
+    /// The request may be the one probe request of an ejected endpoint that
+    /// policy would not otherwise pick (a failed-over service's local
+    /// cluster): it is idempotent and can be retried elsewhere if the probe fails.
+    pub may_probe: bool,
 }
 
 /// Whether `m` may be picked, and if it is an ejected endpoint whose probe

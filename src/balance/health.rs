@@ -42,6 +42,9 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     probing: AtomicBool,
+    /// Whether the current ejection came from a failed connect (the
+    /// endpoint is unreachable) rather than from bad responses.
+    ejected_for_connect: AtomicBool,
     /// Set by the active prober when the endpoint does not answer.
     probe_down: AtomicBool,
 }
@@ -65,6 +68,7 @@ impl EndpointState {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             probing: AtomicBool::new(false),
+            ejected_for_connect: AtomicBool::new(false),
             probe_down: AtomicBool::new(false),
         })
     }
@@ -136,15 +140,24 @@ impl EndpointState {
             let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
             let backoff = BASE_EJECTION.saturating_mul(1 << k).min(MAX_EJECTION);
             let until = clock::now_ns() + backoff.as_nanos() as u64;
+            self.ejected_for_connect
+                .store(failure == Failure::Connect, Ordering::Relaxed);
             self.ejected_until.store(until.max(1), Ordering::Relaxed);
         }
         eject
     }
 
-    /// The active prober's verdict. Success also ends a passive ejection.
+    /// The active prober's verdict. A successful TCP probe also ends an
+    /// ejection for failed connects (the endpoint is reachable again), but
+    /// not one for bad responses: an endpoint that accepts connections and
+    /// answers 5xx stays out until a real request succeeds, with its backoff
+    /// growing, instead of flapping back on every probe.
     pub fn set_probe_result(&self, up: bool) {
         self.probe_down.store(!up, Ordering::Relaxed);
-        if up && self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
+        if up
+            && self.ejected_for_connect.load(Ordering::Relaxed)
+            && self.ejected_until.swap(0, Ordering::Relaxed) != 0
+        {
             self.ejections.store(0, Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
             self.probing.store(false, Ordering::Relaxed);
@@ -254,6 +267,25 @@ mod tests {
         assert!(s.is_healthy());
         s.start().failure(Failure::Connect);
         s.set_probe_result(true);
+        assert!(s.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_good_probe_does_not_end_an_ejection_for_bad_responses() {
+        let s = state();
+        for _ in 0..FAILURES_TO_EJECT {
+            s.start().failure(Failure::Response);
+        }
+        assert!(s.is_ejected());
+        s.set_probe_result(true);
+        assert!(
+            s.is_ejected(),
+            "reachable is not the same as answering well"
+        );
+        tokio::time::advance(BASE_EJECTION).await;
+        assert_eq!(s.availability(clock::now_ns()), Availability::ProbeDue);
+        assert!(s.try_claim_probe());
+        s.start().success();
         assert!(s.is_healthy());
     }
 

@@ -198,6 +198,13 @@ impl Selector {
     fn failover(&self, ctx: &PickContext<'_>, now: u64) -> Option<Pick> {
         let (local, rest) = self.groups.split_first()?;
         if self.update_tier(now) {
+            // An ejected local endpoint whose ejection is over gets one
+            // request, so the local cluster can be found healthy again.
+            if ctx.may_probe {
+                if let Some(p) = self.probe_in(local, ctx, now) {
+                    return Some(p);
+                }
+            }
             // Remote tiers in order; the local cluster only as a last resort.
             rest.iter()
                 .chain(std::iter::once(local))
@@ -207,6 +214,22 @@ impl Selector {
                 .chain(rest)
                 .find_map(|g| self.pick_in(g, ctx, now))
         }
+    }
+
+    /// An endpoint of `g` whose probe is due, claimed.
+    fn probe_in(&self, g: &Group, ctx: &PickContext<'_>, now: u64) -> Option<Pick> {
+        let m = g.members.iter().find(|m| {
+            !ctx.exclude.contains(&m.addr)
+                && m.state.availability(now) == super::health::Availability::ProbeDue
+                && m.state.try_claim_probe()
+        })?;
+        Some(Pick {
+            addr: m.addr,
+            kind: m.kind.clone(),
+            cluster: Arc::clone(&g.cluster),
+            local: g.local,
+            state: Arc::clone(&m.state),
+        })
     }
 
     /// Moves a FailOver service off its local cluster when that has no

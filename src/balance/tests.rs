@@ -192,14 +192,14 @@ fn retries_avoid_endpoints_already_tried() {
     for _ in 0..20 {
         let ctx = PickContext {
             exclude: &tried,
-            hash: None,
+            ..Default::default()
         };
         assert_ne!(sel.select(&ctx).unwrap().addr, first.addr);
     }
     let both = [clusters[0].endpoints[0].addr, clusters[0].endpoints[1].addr];
     let ctx = PickContext {
         exclude: &both,
-        hash: None,
+        ..Default::default()
     };
     assert!(sel.select(&ctx).is_err());
 }
@@ -217,8 +217,8 @@ fn consistent_hashing_keeps_a_key_on_one_endpoint() {
     );
     for key in 0..20u64 {
         let ctx = PickContext {
-            exclude: &[],
             hash: Some(key),
+            ..Default::default()
         };
         let a = sel.select(&ctx).unwrap().addr;
         assert!((0..10).all(|_| sel.select(&ctx).unwrap().addr == a));
@@ -249,5 +249,56 @@ fn state_survives_a_new_selector_for_the_same_endpoints() {
     assert!(
         b.select(&PickContext::default()).is_err(),
         "still ejected after a rebuild"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_over_service_probes_its_local_cluster_with_one_idempotent_request() {
+    let r = Registry::default();
+    let clusters = [cluster("c1", true, 1), cluster("c22", false, 1)];
+    let sel = selector(
+        &r,
+        LbType::FailOver,
+        &[("c22", 100)],
+        &clusters,
+        Algorithm::P2cEwma,
+    );
+    let local = r.endpoint(clusters[0].endpoints[0].addr);
+    // Reachable but answering 5xx: ejected for bad responses.
+    for _ in 0..health::FAILURES_TO_EJECT {
+        local.start().failure(Failure::Response);
+    }
+    local.set_probe_result(true);
+    let probe_ok = PickContext {
+        may_probe: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        &*sel.select(&probe_ok).unwrap().cluster,
+        "c22",
+        "failed over"
+    );
+    tokio::time::advance(health::BASE_EJECTION).await;
+    // A request that may not be a probe stays remote; one that may, goes local once.
+    assert_eq!(
+        &*sel.select(&PickContext::default()).unwrap().cluster,
+        "c22"
+    );
+    let probe = sel.select(&probe_ok).unwrap();
+    assert_eq!(&*probe.cluster, "c1");
+    assert_eq!(
+        &*sel.select(&probe_ok).unwrap().cluster,
+        "c22",
+        "one probe at a time"
+    );
+    probe.state.start().success();
+    assert!(local.is_healthy());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    sel.update_tier(clock::now_ns());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        &*sel.select(&probe_ok).unwrap().cluster,
+        "c1",
+        "failed back after the hold-down"
     );
 }

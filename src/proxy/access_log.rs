@@ -19,7 +19,7 @@ pub(crate) struct HttpRecord<'a> {
     pub endpoint: Option<SocketAddr>,
     pub method: &'a str,
     pub status: u16,
-    #[serde(serialize_with = "micros")]
+    #[serde(rename = "duration_us", serialize_with = "micros")]
     pub duration: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
@@ -34,7 +34,7 @@ pub(crate) struct TcpRecord<'a> {
     pub endpoint: Option<SocketAddr>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    #[serde(serialize_with = "micros")]
+    #[serde(rename = "duration_us", serialize_with = "micros")]
     pub duration: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,

@@ -47,7 +47,7 @@ pub(crate) async fn connect_with_failover(
             };
             let ctx = PickContext {
                 exclude: &tried,
-                hash: None,
+                ..Default::default()
             };
             match target.port().selector.select(&ctx) {
                 Ok(p) => p,

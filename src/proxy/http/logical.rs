@@ -131,7 +131,7 @@ pub(super) async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     // One look at the state in force: settings, the service, the first pick.
-    let (service, settings, hash, first) = {
+    let (service, settings, hash, may_probe, first) = {
         let state = conn.proxy.store.load();
         let config = &state.config;
         let retries = &config.balance.retries;
@@ -158,8 +158,19 @@ pub(super) async fn handle(
             // Every request earns retry budget.
             selector.state().deposit();
         }
-        let first = selector.select(&PickContext { exclude: &[], hash });
-        (Arc::clone(&target.service), settings, hash, first)
+        let may_probe = settings.max_attempts > 1 && is_idempotent(req.method());
+        let first = selector.select(&PickContext {
+            exclude: &[],
+            hash,
+            may_probe,
+        });
+        (
+            Arc::clone(&target.service),
+            settings,
+            hash,
+            may_probe,
+            first,
+        )
     };
     let mut pick = match first {
         Ok(p) => p,
@@ -297,6 +308,7 @@ pub(super) async fn handle(
                 let ctx = PickContext {
                     exclude: tried.as_slice(),
                     hash,
+                    may_probe,
                 };
                 match select(&conn, &service, &ctx) {
                     Ok(p) if budget(&conn, &service.name) => Some((next, p)),
