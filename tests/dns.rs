@@ -3,6 +3,8 @@
 //! (`support/dns_upstream.rs`); nothing leaves the machine. The `dig` tests
 //! at the end need dnsutils and are run by `.ci/run`.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on the unexpected
+
 mod support {
     pub mod dns_upstream;
     #[allow(dead_code)] // shared with other tests; only the echo server is used here

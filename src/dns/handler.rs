@@ -107,6 +107,11 @@ impl Handler {
                 return Some(header_only(&header, ResponseCode::FormErr));
             }
         };
+        if points_into_header(request.queries.as_bytes()) {
+            debug!(%src, "question compressed against the header");
+            self.metrics.query(QueryType::Unknown, Outcome::Formerr);
+            return Some(header_only(&header, ResponseCode::FormErr));
+        }
         let max_size = if tcp {
             u16::MAX
         } else {
@@ -341,6 +346,48 @@ fn header_only(query: &[u8; 12], code: ResponseCode) -> Vec<u8> {
     out[2] = 0x80 | (query[2] & 0x79); // QR, opcode, RD
     out[3] = u16::from(code) as u8 & 0x0f;
     out
+}
+
+/// Whether a name in the question section points (directly or through
+/// other pointers) into the 12-byte header. hickory's decoder accepts that,
+/// and echoes the question section's bytes as they came; in the response the
+/// header differs, so the echoed name would no longer parse. `questions` is
+/// the raw section (it starts at offset 12) of a request that parsed.
+fn points_into_header(questions: &[u8]) -> bool {
+    let label_at = |offset: usize| questions.get(offset.checked_sub(12)?).copied();
+    let mut start = 12;
+    while start < 12 + questions.len() {
+        // Walk one name from `start`; pointers only go backwards, so the
+        // walk ends, and it is bounded besides.
+        let mut at = start;
+        let mut end = None;
+        for _ in 0..512 {
+            let Some(b) = label_at(at) else {
+                return false;
+            };
+            if b & 0xc0 == 0xc0 {
+                let Some(lo) = label_at(at + 1) else {
+                    return false;
+                };
+                end.get_or_insert(at + 2);
+                let target = (usize::from(b & 0x3f) << 8) | usize::from(lo);
+                if target < 12 {
+                    return true;
+                }
+                at = target;
+            } else if b == 0 {
+                end.get_or_insert(at + 1);
+                break;
+            } else {
+                at += 1 + usize::from(b);
+            }
+        }
+        let Some(end) = end else {
+            return false;
+        };
+        start = end + 4; // QTYPE, QCLASS
+    }
+    false
 }
 
 /// A [`ResponseHandler`] that encodes the response into a buffer, for the

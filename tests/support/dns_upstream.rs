@@ -13,6 +13,8 @@
 //!
 //! [`blackhole`] is an upstream that reads everything and answers nothing.
 
+#![allow(clippy::unwrap_used)] // test support fails loudly on the unexpected
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

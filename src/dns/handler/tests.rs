@@ -407,3 +407,35 @@ fn a_mesh_answer_completes_in_one_poll() {
         assert!(polled.is_ready());
     });
 }
+
+/// Found by the fuzzer: a question name whose compression pointer targets
+/// the header (offset 0). It parses, but echoed under the response's header
+/// it would not; it gets FORMERR.
+#[tokio::test]
+async fn a_question_compressed_against_the_header_gets_formerr() {
+    let (h, _) = handler(store(MESH), Arc::new(NoOnDemand));
+    let raw = vec![
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 0, 0, 0, // id 0x0200, 4 questions
+        0x00, 0x40, 0x00, 0x00, 0x00, // root, type 0x4000, class 0
+        0xc0, 0x00, 0x09, 0x00, 0x00, // pointer to offset 0 (the header)
+        0x00, 0x00, 0x3b, 0x00, 0xda, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let reply = h.answer(raw, src(), true).await.unwrap();
+    assert_eq!(reply.len(), 12);
+    assert_eq!(reply[3] & 0x0f, 1, "FORMERR");
+    Message::from_vec(&reply).expect("parses");
+
+    // Pointers within the question section are fine and echoed.
+    let mut ok = query("web.shop.svc.cluster.local.", RecordType::A, None);
+    assert!(!points_into_header(&ok[12..]));
+    ok.truncate(12);
+    ok[5] = 2; // two questions: the second is a pointer to the first name
+    ok.extend_from_slice(&[3, b'w', b'e', b'b', 0, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1]);
+    assert!(!points_into_header(&ok[12..]));
+    let m = ask(&h, ok, false).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(m.queries.len(), 2);
+    // And one that reaches the header through another pointer (hidden in
+    // the class field) is caught.
+    assert!(points_into_header(&[0xc0, 16, 0, 1, 0xc0, 0x00]));
+}
