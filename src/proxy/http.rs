@@ -9,6 +9,7 @@ mod body;
 mod endpoint;
 pub(crate) mod headers;
 mod logical;
+mod retry;
 mod upgrade;
 
 use std::sync::Arc;

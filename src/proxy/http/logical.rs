@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use super::body::{ProxyBody, ReqBody};
 use super::endpoint::{Failed, Limits};
+use super::retry::{content_length, is_idempotent, RetryReason, Template, Tried};
 use super::{headers, upgrade, Version};
 use crate::balance::{Algorithm, Failure, Pick, PickContext};
 use crate::discovery::{HashKey, ServiceName};
@@ -54,75 +55,6 @@ struct Settings {
     access_log: bool,
     max_attempts: u32,
     max_replay: usize,
-}
-
-/// Endpoints already tried by this request. At most `maxAttempts` (≤ 10).
-struct Tried {
-    addrs: [SocketAddr; 10],
-    len: usize,
-}
-
-impl Tried {
-    fn new() -> Self {
-        Self {
-            addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); 10],
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, addr: SocketAddr) {
-        if self.len < self.addrs.len() {
-            self.addrs[self.len] = addr;
-            self.len += 1;
-        }
-    }
-
-    fn as_slice(&self) -> &[SocketAddr] {
-        &self.addrs[..self.len]
-    }
-}
-
-/// What is needed to send a held request again.
-struct Template {
-    method: Method,
-    uri: Uri,
-    version: HttpVersion,
-    headers: HeaderMap,
-}
-
-impl Template {
-    fn request(&self, body: ReqBody) -> Request<ReqBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-#[derive(Clone, Copy)]
-enum RetryReason {
-    Connect,
-    Reset,
-    Status,
-}
-
-impl RetryReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::Connect => "connect",
-            RetryReason::Reset => "reset",
-            RetryReason::Status => "status_5xx",
-        }
-    }
 }
 
 pub(super) async fn handle(
@@ -387,15 +319,6 @@ fn budget(conn: &Conn, service: &ServiceName) -> bool {
             .inc();
     }
     ok
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
