@@ -10,7 +10,9 @@
 //! - `sidecar`: strait as a pod's sidecar (config, capture rules, metrics);
 //! - `capture`: transparent capture scenarios;
 //! - `lifecycle`: SIGTERM and drain;
-//! - `traffic_policy`: FailOver and ActiveActive across cluster hosts.
+//! - `traffic_policy`: FailOver and ActiveActive across cluster hosts;
+//! - `dns`: the DNS shim behind the pod's port-53 redirect, for a service
+//!   that exists only in another cluster.
 //!
 //! To add scenarios, add `tests/e2e/NAME.rs` and a `#[path]` line below.
 
@@ -21,6 +23,8 @@ mod sidecar;
 
 #[path = "e2e/capture.rs"]
 mod capture;
+#[path = "e2e/dns.rs"]
+mod dns;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/traffic_policy.rs"]
