@@ -154,23 +154,26 @@ pub(super) async fn handle(
     } else {
         ReqBody::Stream(body)
     };
-    let template =
-        (idempotent && settings.max_attempts > 1 && body.replay().is_some()).then(|| Template {
+    let template = if idempotent && settings.max_attempts > 1 {
+        body.replay().map(|held| Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-        });
+            body: held,
+        })
+    } else {
+        None
+    };
     let mut req = Request::from_parts(parts, body);
     let mut tried = Tried::new();
     let mut attempt = 1;
     loop {
-        let again = if attempt < settings.max_attempts {
-            template
-                .as_ref()
-                .and_then(|t| req.body().replay().map(|b| t.request(b)))
-        } else {
-            None
+        // The request again, for a retry after it reached an upstream.
+        let again = || {
+            (attempt < settings.max_attempts)
+                .then(|| template.as_ref().and_then(Template::request))
+                .flatten()
         };
         let inflight = pick.state.start();
         let send = conn
@@ -198,7 +201,7 @@ pub(super) async fn handle(
                 if idempotent && matches!(status, 502..=504) {
                     let ejected = inflight.failure(Failure::Response);
                     count_ejection(&conn, &service.name, &pick, ejected);
-                    (Ok(rsp), again, RetryReason::Status)
+                    (Ok(rsp), again(), RetryReason::Status)
                 } else {
                     inflight.success();
                     (Ok(rsp), None, RetryReason::Status)
@@ -227,7 +230,7 @@ pub(super) async fn handle(
                 } else {
                     RetryReason::Reset
                 };
-                let next = unsent.or(if idempotent { again } else { None });
+                let next = unsent.or_else(|| if idempotent { again() } else { None });
                 (Err(error), next, reason)
             }
         };

@@ -39,16 +39,19 @@ pub(super) struct Template {
     pub uri: Uri,
     pub version: HttpVersion,
     pub headers: HeaderMap,
+    /// The held body (`ReqBody::Replay`; cloning it shares the bytes).
+    pub body: ReqBody,
 }
 
 impl Template {
-    pub(super) fn request(&self, body: ReqBody) -> Request<ReqBody> {
-        let mut req = Request::new(body);
+    /// A copy of the request for another attempt; built only when retrying.
+    pub(super) fn request(&self) -> Option<Request<ReqBody>> {
+        let mut req = Request::new(self.body.replay()?);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        req
+        Some(req)
     }
 }
 
