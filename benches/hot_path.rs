@@ -13,9 +13,13 @@
 //! Groups (see `benches/README.md` for what the numbers mean):
 //! - `snapshot`: `Snapshot::target`, the per-request lookup of a destination
 //!   VIP:port in a mesh of 1,000 services (2,000 service ports); a miss; and
-//!   `route`, the whole discovery part of a request as `logical.rs` does it
-//!   (store load, lookup, endpoint pick cloned out, service `Arc` cloned).
-//! - `balance`: the round-robin `Selector` over 3 and 100 endpoints.
+//!   `route`, the discovery part of a request as `logical.rs` does it
+//!   (store load, lookup, endpoint pick, service `Arc` cloned; not the
+//!   retry-budget deposit).
+//! - `balance`: `Selector::select` as a request makes it (the pick returned
+//!   owned), over three clusters of 100 endpoints: `Locality` with p2c over
+//!   peak-EWMA (the default) and with round robin, `ActiveActive` by weight,
+//!   `FailOver`.
 //! - `detect`: protocol classification of a connection's first bytes.
 //! - `headers`: hop-by-hop stripping of a typical request header map (the
 //!   map is cloned in untimed setup) and the upgrade check.
