@@ -110,6 +110,7 @@ pub fn spawn(
     }
 
     let (status_tx, status_rx) = watch::channel(ReloadStatus::default());
+    let status_tx = Arc::new(status_tx);
     tokio::spawn(
         async move {
             let _watcher: RecommendedWatcher = watcher;
@@ -122,8 +123,24 @@ pub fn spawn(
                 // events; settle, drop what queued meanwhile, reload once.
                 tokio::time::sleep(DEBOUNCE).await;
                 while events.try_recv().is_ok() {}
-                reload(&path, &store, &*overrides, &metrics, &balance, &status_tx);
-                balance.prune();
+                // Parsing and translating a large mesh takes tens of
+                // milliseconds: run it off the proxy's (single) thread.
+                let job = {
+                    let (path, store, overrides) =
+                        (path.clone(), Arc::clone(&store), Arc::clone(&overrides));
+                    let (metrics, balance, status) = (
+                        metrics.clone(),
+                        Arc::clone(&balance),
+                        Arc::clone(&status_tx),
+                    );
+                    move || {
+                        reload(&path, &store, &*overrides, &metrics, &balance, &status);
+                        balance.prune();
+                    }
+                };
+                if let Err(error) = tokio::task::spawn_blocking(job).await {
+                    warn!(%error, "reload did not complete");
+                }
             }
         }
         .instrument(tracing::info_span!("reload")),
