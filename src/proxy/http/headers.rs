@@ -23,7 +23,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
                 // one removed below anyway (`keep-alive`): skip the lookup.
                 let common =
                     name.eq_ignore_ascii_case("keep-alive") || name.eq_ignore_ascii_case("close");
-                if !common && !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
+                let kept_upgrade = upgrade && name.eq_ignore_ascii_case("upgrade");
+                if !(common || kept_upgrade) {
                     headers.remove(name);
                 }
             }
