@@ -97,6 +97,13 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         HTTPBIN,
         Some("{ lbType: ActiveActive, targets: [{ clusterKey: default/default/default/cluster-2, weight: 100 }, { clusterKey: default/default/default/cluster-3, weight: 200 }] }"),
     );
+    // Round robin within a cluster makes the local pods' shares visible; the
+    // default, p2c over latency, would favour whichever pod answers faster.
+    mesh = mesh.replacen(
+        "metadata: { name: httpbin, namespace: demo }",
+        "metadata: { name: httpbin, namespace: demo, annotations: { strait.io/lb-algorithm: round-robin } }",
+        1,
+    );
     mesh += &slice("httpbin", 0, "cluster-1", addr("httpbin@cluster-1/a"));
     mesh += &slice("httpbin", 1, "cluster-1", addr("httpbin@cluster-1/b"));
     mesh += &slice("httpbin", 2, "cluster-2", addr("httpbin@cluster-2"));
@@ -135,7 +142,7 @@ mesh:
     )?;
 
     // ActiveActive by weight.
-    writeln!(out, "1. httpbin.demo ({HTTPBIN}:{PORT}), ActiveActive: cluster-1 (weight 100, local), cluster-2 (100), cluster-3 (200)")?;
+    writeln!(out, "1. httpbin.demo ({HTTPBIN}:{PORT}), ActiveActive: cluster-1 (weight 100, local), cluster-2 (100), cluster-3 (200); round robin within a cluster")?;
     let mut client = Client::new(format!("{HTTPBIN}:{PORT}").parse()?);
     let tally = client.tally(1000).await;
     print_tally(out, &tally, 1000)?;
