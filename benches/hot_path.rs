@@ -222,6 +222,7 @@ fn selector(c: &mut Criterion) {
             algorithm,
             hold_down: Duration::from_secs(5),
             retries: &retries,
+            max_inflight: None,
         });
         let ctx = PickContext::default();
         g.bench_function(name, |b| {

@@ -542,3 +542,56 @@ async fn config_dump_shows_clusters_weights_health_and_the_active_tier() {
     assert_eq!(sel["clusters"][1]["weight"], 100);
     assert_eq!(sel["clusters"][0]["endpoints"][0]["healthy"], true);
 }
+
+/// A Service with annotations, one local endpoint.
+fn annotated(vip: std::net::IpAddr, backend: SocketAddr, annotations: &str) -> String {
+    mesh(vip, "http", &[("cluster-1", backend)], "").replacen(
+        "metadata: { name: web, namespace: shop }",
+        &format!("metadata: {{ name: web, namespace: shop, annotations: {{ {annotations} }} }}"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn a_per_service_request_timeout_answers_504() {
+    let slow = strait::test_util::start_backend("slow", "127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let vip = unique_vip();
+    let yaml = proxy_yaml(
+        "",
+        &annotated(vip, slow.addr, "strait.io/request-timeout: 200ms"),
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await.unwrap();
+    let reply = get(SocketAddr::new(vip, PORT), "/delay/3000")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(
+        proxy
+            .metric("strait_proxy_errors_total{reason=\"response_timeout\",service=\"web\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_at_its_concurrency_limit_is_not_picked() {
+    let slow = strait::test_util::start_backend("slow", "127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let vip = unique_vip();
+    let yaml = proxy_yaml(
+        "",
+        &annotated(vip, slow.addr, "strait.io/max-requests-per-endpoint: \"1\""),
+    );
+    let _proxy = TestProxy::from_yaml(&yaml).await.unwrap();
+    let target = SocketAddr::new(vip, PORT);
+    let first = tokio::spawn(async move { get(target, "/delay/1500").await });
+    strait::assert_eventually!(slow.requests() == 1, 250, "first request in flight");
+    let second = get(target, "/").await.unwrap();
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert_eq!(first.await.unwrap().unwrap().status, 200);
+    // Once the first is done, the endpoint takes requests again.
+    assert_eq!(get(target, "/").await.unwrap().status, 200);
+}

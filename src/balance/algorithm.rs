@@ -50,12 +50,15 @@ pub struct PickContext<'a> {
     /// policy would not otherwise pick (a failed-over service's local
     /// cluster): it is idempotent and can be retried elsewhere if the probe fails.
     pub may_probe: bool,
+    /// Set by the selector from the service: endpoints with this many
+    /// requests in flight are not picked.
+    pub max_inflight: Option<u32>,
 }
 
 /// Whether `m` may be picked, and if it is an ejected endpoint whose probe
 /// is due, whether this pick may be its probe (claimed only when chosen).
 fn usable(m: &Member, ctx: &PickContext<'_>, now_ns: u64) -> Option<Availability> {
-    if ctx.exclude.contains(&m.addr) {
+    if ctx.exclude.contains(&m.addr) || ctx.max_inflight.is_some_and(|l| m.state.inflight() >= l) {
         return None;
     }
     match m.state.availability(now_ns) {

@@ -81,6 +81,8 @@ pub struct SelectorSpec<'a> {
     pub hold_down: Duration,
     /// Sizes the retry budget when the service port is first seen.
     pub retries: &'a Retries,
+    /// Requests in flight per endpoint above which it is not picked.
+    pub max_inflight: Option<u32>,
 }
 
 impl Registry {
@@ -212,5 +214,6 @@ impl Registry {
             state,
             spec.hold_down,
         )
+        .with_max_inflight(spec.max_inflight)
     }
 }

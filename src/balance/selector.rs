@@ -123,6 +123,7 @@ pub struct Selector {
     considered: Vec<Arc<str>>,
     state: Arc<PolicyState>,
     hold_down_ns: u64,
+    max_inflight: Option<u32>,
 }
 
 impl Selector {
@@ -141,12 +142,30 @@ impl Selector {
             considered,
             state,
             hold_down_ns: hold_down.as_nanos() as u64,
+            max_inflight: None,
         }
+    }
+
+    /// Endpoints with this many requests in flight are not picked.
+    pub(crate) fn with_max_inflight(mut self, limit: Option<u32>) -> Self {
+        self.max_inflight = limit;
+        self
     }
 
     /// The next endpoint for a request or connection.
     pub fn select(&self, ctx: &PickContext<'_>) -> Result<Pick, NoEndpoint> {
         let now = clock::now_ns();
+        let limited;
+        let ctx = match self.max_inflight {
+            None => ctx,
+            Some(limit) => {
+                limited = PickContext {
+                    max_inflight: Some(limit),
+                    ..*ctx
+                };
+                &limited
+            }
+        };
         let found = match self.lb_type {
             LbType::Locality => self.groups.first().and_then(|g| self.pick_in(g, ctx, now)),
             LbType::ActiveActive => self.weighted(ctx, now),

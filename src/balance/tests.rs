@@ -51,6 +51,7 @@ fn selector(
         algorithm,
         hold_down: Duration::from_secs(5),
         retries: &Retries::default(),
+        max_inflight: None,
     })
 }
 

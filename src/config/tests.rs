@@ -186,3 +186,34 @@ fn a_mesh_directory_is_read_in_name_order_with_multiple_documents() {
         "127.0.0.5:8080".parse().unwrap()
     );
 }
+
+#[test]
+fn balancing_annotations_are_validated() {
+    let yaml = r#"
+mesh:
+  - apiVersion: v1
+    kind: Service
+    metadata:
+      name: a
+      annotations:
+        strait.io/lb-algorithm: fastest
+        strait.io/hash-key: "cookie:x"
+        strait.io/connect-timeout: soon
+        strait.io/max-requests-per-endpoint: "0"
+    spec: { clusterIP: 127.1.0.1, ports: [{ port: 80 }] }
+"#;
+    let p = problems(yaml);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    for key in [
+        "lb-algorithm",
+        "hash-key",
+        "connect-timeout",
+        "max-requests-per-endpoint",
+    ] {
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with(&format!("mesh[0].metadata.annotations.strait.io/{key}"))),
+            "{key}: {p:#?}"
+        );
+    }
+}

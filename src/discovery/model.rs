@@ -158,6 +158,13 @@ pub struct Service {
     pub hostnames: Vec<PodHostname>,
     /// What consistent hashing hashes on (annotation `strait.io/hash-key`).
     pub hash_key: HashKey,
+    /// Per-service overrides of `outbound.connectTimeout` and
+    /// `outbound.requestTimeout` (annotations `strait.io/connect-timeout`,
+    /// `strait.io/request-timeout`).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<std::time::Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// The request key of consistent hashing.

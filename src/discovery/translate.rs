@@ -44,6 +44,10 @@ struct ServiceDraft {
     algorithm: Algorithm,
     /// From the annotation [`ANNOTATION_HASH_KEY`].
     hash_key: HashKey,
+    /// From the timeout and concurrency annotations.
+    connect_timeout: Option<std::time::Duration>,
+    request_timeout: Option<std::time::Duration>,
+    max_inflight: Option<u32>,
 }
 
 /// Service (or ServiceImport) annotation choosing the balancing algorithm
@@ -53,6 +57,13 @@ pub const ANNOTATION_LB_ALGORITHM: &str = "strait.io/lb-algorithm";
 /// With `consistent-hash`: `header:NAME` hashes on a request header,
 /// `client-ip` (default) on the client's address.
 pub const ANNOTATION_HASH_KEY: &str = "strait.io/hash-key";
+/// Per-service connect timeout (`500ms`), overriding `outbound.connectTimeout`.
+pub const ANNOTATION_CONNECT_TIMEOUT: &str = "strait.io/connect-timeout";
+/// Per-service request timeout (`2s`), overriding `outbound.requestTimeout`.
+pub const ANNOTATION_REQUEST_TIMEOUT: &str = "strait.io/request-timeout";
+/// Requests (or TCP connections) in flight per endpoint; an endpoint at the
+/// limit is not picked, and a service whose endpoints are all at it answers 503.
+pub const ANNOTATION_MAX_PER_ENDPOINT: &str = "strait.io/max-requests-per-endpoint";
 
 impl ServiceDraft {
     fn port_mut(&mut self, port: u16, name: &Option<String>, protocol: Protocol) -> &mut PortDraft {
@@ -184,6 +195,7 @@ pub fn translate_with(
                     algorithm: draft.algorithm,
                     hold_down: config.balance.fail_back_hold_down,
                     retries: &config.balance.retries,
+                    max_inflight: draft.max_inflight,
                 });
                 ServicePort {
                     port: p.port,
@@ -203,6 +215,8 @@ pub fn translate_with(
             headless: draft.headless,
             hostnames: draft.hostnames,
             hash_key: draft.hash_key,
+            connect_timeout: draft.connect_timeout,
+            request_timeout: draft.request_timeout,
         });
         for vip in &service.vips {
             for (i, port) in service.ports.iter().enumerate() {

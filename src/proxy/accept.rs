@@ -117,7 +117,9 @@ async fn handle(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr, ds
             protocol: target.map(|t| t.port().protocol),
             service: target.map(|t| t.service.name.clone()),
             detect_timeout: c.outbound.detect_timeout,
-            connect_timeout: c.outbound.connect_timeout,
+            connect_timeout: target
+                .and_then(|t| t.service.connect_timeout)
+                .unwrap_or(c.outbound.connect_timeout),
             unknown: c.outbound.unknown_destination,
             access_log: c.log.access_log,
             http: c.http.clone(),

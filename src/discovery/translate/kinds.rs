@@ -454,6 +454,34 @@ pub(super) fn balancer_annotations(
             )),
         }
     }
+    let duration = |key: &str, problems: &mut Vec<Problem>| {
+        let v = meta.annotations.get(key)?;
+        match humantime::parse_duration(v) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                problems.push(Problem::new(
+                    path(key),
+                    format!("{v:?} is not a duration greater than 0 (such as 500ms or 2s)"),
+                ));
+                None
+            }
+        }
+    };
+    if let Some(d) = duration(ANNOTATION_CONNECT_TIMEOUT, problems) {
+        draft.connect_timeout = Some(d);
+    }
+    if let Some(d) = duration(ANNOTATION_REQUEST_TIMEOUT, problems) {
+        draft.request_timeout = Some(d);
+    }
+    if let Some(v) = meta.annotations.get(ANNOTATION_MAX_PER_ENDPOINT) {
+        match v.parse::<u32>() {
+            Ok(n) if n > 0 => draft.max_inflight = Some(n),
+            _ => problems.push(Problem::new(
+                path(ANNOTATION_MAX_PER_ENDPOINT),
+                format!("{v:?} is not a whole number greater than 0"),
+            )),
+        }
+    }
     if let Some(v) = meta.annotations.get(ANNOTATION_HASH_KEY) {
         let parsed = match v.split_once(':') {
             None if v == "client-ip" => Some(HashKey::ClientIp),

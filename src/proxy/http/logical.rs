@@ -82,6 +82,14 @@ pub(super) async fn handle(
             let error = Error::NoService(conn.dst);
             return Ok(fail(&conn, None, None, error, start, settings.access_log));
         };
+        let service = &target.service;
+        let mut settings = settings;
+        if let Some(t) = service.connect_timeout {
+            settings.limits.connect_timeout = t;
+        }
+        if service.request_timeout.is_some() {
+            settings.request_timeout = service.request_timeout;
+        }
         let selector = &target.port().selector;
         let hash = (selector.algorithm() == Algorithm::ConsistentHash)
             .then(|| request_hash(&target.service.hash_key, &req, conn.client))
@@ -95,6 +103,7 @@ pub(super) async fn handle(
             exclude: &[],
             hash,
             may_probe,
+            ..Default::default()
         });
         (
             Arc::clone(&target.service),
@@ -244,6 +253,7 @@ pub(super) async fn handle(
                     exclude: tried.as_slice(),
                     hash,
                     may_probe,
+                    ..Default::default()
                 };
                 match select(&conn, &service, &ctx) {
                     Ok(p) if budget(&conn, &service.name) => Some((next, p)),
