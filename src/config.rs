@@ -10,6 +10,7 @@
 mod balance;
 mod dns;
 mod file;
+mod mesh;
 mod overrides;
 pub mod reload;
 
@@ -23,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use balance::{Balance, Retries};
 pub use dns::{Dns, Upstream, VipRange};
 pub use file::{load_file, parse_str, Loaded, Sourced};
-pub use overrides::{EnvOverrides, MapOverrides, Overrides};
+pub use mesh::{Identity, Inbound, Mode, PlaintextInbound};
+pub use overrides::{EnvOverrides, MapOverrides, ModeOverride, Overrides};
 
 /// One problem in a configuration, located by its field path
 /// (`mesh[3].spec.ports[0].port`).
@@ -94,6 +96,9 @@ impl fmt::Display for Problems<'_> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
+    /// `sidecar` (default) or `gateway`; `strait proxy --mode` overrides it.
+    #[serde(default)]
+    pub mode: Mode,
     /// Who this proxy is: cluster, namespace, service account.
     #[serde(default)]
     pub node: Node,
@@ -119,6 +124,13 @@ pub struct Config {
     /// The DNS shim and VIP allocation (`config/dns.rs`). Default: off.
     #[serde(default)]
     pub dns: Dns,
+    /// Mesh mTLS identity (`config/mesh.rs`). Absent: proxy-to-proxy
+    /// traffic is plaintext and no mesh listener is bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// Inbound traffic: mesh port, app address, plaintext policy.
+    #[serde(default)]
+    pub inbound: Inbound,
     /// A directory of Kubernetes manifests (`*.yaml`, `*.yml`, `*.json`, multi-document
     /// allowed), read in file-name order after the inline `mesh` list.
     /// Relative paths are relative to the config file. Default: none.
@@ -165,6 +177,18 @@ pub struct Listeners {
     /// iptables (loopback VIPs such as 127.1.0.0/16 need no root). Default `false`.
     #[serde(default)]
     pub service_vips: bool,
+    /// Mesh mTLS inbound (HTTP/2 over TLS 1.3 from peer proxies); bound
+    /// when `identity` is set. Default `0.0.0.0:15008`.
+    #[serde(default = "default_mesh_addr")]
+    pub mesh: SocketAddr,
+    /// Inbound capture of plaintext from outside the mesh (iptables
+    /// REDIRECT target), handled per `inbound.plaintext`. Default: none
+    /// (`strait inject` sets `0.0.0.0:15006`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<SocketAddr>,
+    /// Gateway mode only: SNI passthrough listener. Default `0.0.0.0:15443`.
+    #[serde(default = "default_gateway_addr")]
+    pub gateway: SocketAddr,
 }
 
 /// What to do with a connection whose original destination is no mesh service.
@@ -276,6 +300,12 @@ fn default_admin_addr() -> SocketAddr {
 fn default_outbound_addr() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 15001)))
 }
+fn default_mesh_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15008))
+}
+fn default_gateway_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15443))
+}
 fn default_detect_timeout() -> Duration {
     Duration::from_secs(1)
 }
@@ -323,6 +353,9 @@ impl Default for Listeners {
             admin: default_admin_addr(),
             outbound: default_outbound_addr(),
             service_vips: false,
+            mesh: default_mesh_addr(),
+            inbound: None,
+            gateway: default_gateway_addr(),
         }
     }
 }
@@ -436,6 +469,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(identity) = &self.identity {
+            identity.validate(&mut problems);
+        } else if self.mode == Mode::Gateway {
+            problems.push(Problem::new(
+                "identity",
+                "gateway mode needs an identity (the gateway routes mTLS by SNI and checks its peers' trust domain)",
+            ));
+        }
+        self.inbound.validate(&mut problems);
         self.balance.validate(&mut problems);
         self.dns.validate(self, &mut problems);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

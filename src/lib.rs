@@ -5,6 +5,7 @@
 //! - [`config`]: the proxy's YAML configuration, validation with field paths, hot reload.
 //! - [`discovery`]: Kubernetes-shaped manifests translated into an immutable [`discovery::Snapshot`].
 //! - [`dns`]: the DNS shim: mesh names from the snapshot, everything else forwarded.
+//! - [`identity`]: the mesh identity (SPIFFE ID, certificate files, rotation) and its rustls configs.
 //! - [`balance`]: endpoint selection within a service (the seam for cross-cluster policies).
 //! - [`proxy`]: listeners, protocol detection, HTTP and opaque-TCP forwarding, error responses.
 //! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config_dump` on their own listener.
@@ -19,10 +20,12 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod certs;
 pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod dns;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod shutdown;

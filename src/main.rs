@@ -8,9 +8,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use strait::config::{self, EnvOverrides, LogFormat};
+use strait::config::{self, EnvOverrides, LogFormat, ModeOverride};
 use strait::{demo, discovery, App};
 
 #[derive(Parser)]
@@ -36,8 +37,8 @@ enum Command {
     Inject(NotBuilt),
     /// Run the mutating admission webhook (not built yet).
     Webhook(NotBuilt),
-    /// Create the shared root CA, intermediates and workload certificates (not built yet).
-    Certs(NotBuilt),
+    /// Create a shared root CA, per-cluster intermediates and workload certificates.
+    Certs(strait::certs::CertsArgs),
     /// Run a self-contained demo on loopback and show where requests go.
     Demo,
 }
@@ -50,9 +51,9 @@ struct ProxyArgs {
     /// Validate FILE, print every problem with its field path, and exit.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
-    /// `sidecar` (default) or `gateway`.
-    #[arg(long, value_enum, default_value_t = Mode::Sidecar)]
-    mode: Mode,
+    /// `sidecar` or `gateway`; overrides the config file's `mode` (default `sidecar`).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,7 +86,7 @@ fn main() -> ExitCode {
             "webhook",
             "sidecar injection (architecture §2: init, inject, webhook)",
         ),
-        Command::Certs(_) => not_built("certs", "mesh mTLS with a shared root CA (issue #4)"),
+        Command::Certs(args) => strait::certs::run(&args),
     }
 }
 
@@ -98,17 +99,18 @@ fn proxy(args: ProxyArgs) -> ExitCode {
     if let Some(path) = args.check_config {
         return check_config(&path);
     }
-    if args.mode == Mode::Gateway {
-        return not_built(
-            "proxy --mode gateway",
-            "mesh mTLS and the east-west gateway (issue #4)",
-        );
-    }
     let Some(path) = args.config else {
         eprintln!("strait proxy: --config FILE is required");
         return ExitCode::from(2);
     };
-    let loaded = match config::load_file(&path, &EnvOverrides) {
+    let overrides = ModeOverride {
+        inner: EnvOverrides,
+        mode: args.mode.map(|m| match m {
+            Mode::Sidecar => "sidecar",
+            Mode::Gateway => "gateway",
+        }),
+    };
+    let loaded = match config::load_file(&path, &overrides) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("strait proxy: {e}");
@@ -124,7 +126,10 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let bound = App::new(loaded).bind().await?;
+        let bound = App::new(loaded)
+            .with_overrides(Arc::new(overrides))
+            .bind()
+            .await?;
         bound.run(strait::shutdown::signal()).await
     });
     match result {

@@ -13,10 +13,24 @@ pub struct Readiness {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+/// A condition that can come and go (a certificate that expires), asked on
+/// every `/ready`.
+pub type Check = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Default)]
 struct Inner {
     pending: Mutex<BTreeSet<&'static str>>,
+    checks: Mutex<Vec<Check>>,
     draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("pending", &self.pending)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Holds readiness back until released (or dropped).
@@ -35,10 +49,28 @@ impl Readiness {
         }
     }
 
+    /// Adds a condition asked on every readiness check.
+    pub fn add_check(&self, check: Check) {
+        self.inner
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
+    }
+
     /// `Ok` when ready; otherwise what is still missing.
     pub fn check(&self) -> Result<(), String> {
         if self.inner.draining.load(Ordering::Acquire) {
             return Err("draining".to_owned());
+        }
+        for check in self
+            .inner
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            check()?;
         }
         let pending = self.pending();
         if pending.is_empty() {

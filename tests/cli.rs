@@ -120,17 +120,29 @@ fn check_config_reports_an_unreadable_file() {
 
 #[test]
 fn commands_not_built_yet_say_so_and_exit_2() {
-    for cmd in ["control", "init", "inject", "webhook", "certs"] {
+    for cmd in ["control", "init", "inject", "webhook"] {
         let out = strait().arg(cmd).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "strait {cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not built yet"), "strait {cmd}: {err}");
     }
+}
+
+#[test]
+fn gateway_mode_without_an_identity_is_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "gw.yaml", "listeners: { admin: \"127.0.0.1:0\" }\n");
     let out = strait()
-        .args(["proxy", "--mode", "gateway", "--config", "x.yaml"])
+        .args(["proxy", "--mode", "gateway", "--config"])
+        .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("identity: gateway mode needs an identity"),
+        "{err}"
+    );
 }
 
 #[test]

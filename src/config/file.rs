@@ -86,6 +86,17 @@ pub fn parse_str(text: &str, base: &Path, overrides: &dyn Overrides) -> Result<L
             }
             read_dir(dir, &mut manifests, &mut problems);
         }
+        if let Some(identity) = config.identity.as_mut() {
+            for path in [
+                &mut identity.cert_chain,
+                &mut identity.private_key,
+                &mut identity.trust_bundle,
+            ] {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
         problems.extend(config.validate());
     }
 

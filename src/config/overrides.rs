@@ -37,6 +37,7 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("STRAIT_NAMESPACE", "node.namespace"),
     ("STRAIT_SERVICE_ACCOUNT", "node.serviceAccount"),
     ("STRAIT_LOG", "log.level"),
+    ("STRAIT_MODE", "mode"),
 ];
 
 pub(crate) fn apply(config: &mut Config, overrides: &dyn Overrides) {
@@ -44,6 +45,15 @@ pub(crate) fn apply(config: &mut Config, overrides: &dyn Overrides) {
         let Some(value) = overrides.get(key) else {
             continue;
         };
+        if *key == "STRAIT_MODE" {
+            match value.as_str() {
+                "sidecar" => config.mode = super::Mode::Sidecar,
+                "gateway" => config.mode = super::Mode::Gateway,
+                // Left for validation to name: the file's value stays.
+                _ => tracing::warn!(value, "STRAIT_MODE is not sidecar or gateway; ignored"),
+            }
+            continue;
+        }
         let field = match *key {
             "STRAIT_CLUSTER" => &mut config.node.cluster,
             "STRAIT_NAMESPACE" => &mut config.node.namespace,
@@ -51,5 +61,21 @@ pub(crate) fn apply(config: &mut Config, overrides: &dyn Overrides) {
             _ => &mut config.log.level,
         };
         *field = value;
+    }
+}
+
+/// Other overrides with a fixed `STRAIT_MODE` (from `strait proxy --mode`).
+#[derive(Debug, Clone)]
+pub struct ModeOverride<O> {
+    pub inner: O,
+    pub mode: Option<&'static str>,
+}
+
+impl<O: Overrides> Overrides for ModeOverride<O> {
+    fn get(&self, key: &str) -> Option<String> {
+        match (key, self.mode) {
+            ("STRAIT_MODE", Some(mode)) => Some(mode.to_owned()),
+            _ => self.inner.get(key),
+        }
     }
 }

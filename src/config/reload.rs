@@ -226,6 +226,18 @@ fn keep_start_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
         new.log.format = running.log.format;
         new.log.level = running.log.level.clone();
     }
+    if new.mode != running.mode {
+        changed.push("mode");
+        new.mode = running.mode;
+    }
+    if new.identity != running.identity {
+        changed.push("identity (the files it names are watched and reloaded)");
+        new.identity = running.identity.clone();
+    }
+    if new.inbound.mesh_port != running.inbound.mesh_port {
+        changed.push("inbound.meshPort");
+        new.inbound.mesh_port = running.inbound.mesh_port;
+    }
     if new.node != running.node {
         changed.push("node");
         new.node = running.node.clone();
