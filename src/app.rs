@@ -19,9 +19,11 @@ use tracing::{info, warn, Instrument};
 use crate::admin::{self, Admin};
 use crate::balance;
 use crate::config::reload::{self, ReloadStatus};
-use crate::config::{EnvOverrides, Loaded, Overrides, Problem};
+use crate::config::{EnvOverrides, Loaded, Mode, Overrides, Problem};
 use crate::discovery::{translate_with, Store};
 use crate::dns::{self, DnsServer, NoOnDemand};
+use crate::identity::{IdentityMetrics, IdentityStore};
+use crate::proxy::gateway::GatewayMetrics;
 use crate::proxy::listeners::VipListeners;
 use crate::proxy::{self, Proxy};
 use crate::shutdown::{Latch, Readiness};
@@ -39,6 +41,10 @@ pub struct BoundApp {
     dns: Option<DnsServer>,
     admin_listener: TcpListener,
     outbound_listener: Option<TcpListener>,
+    mesh_listener: Option<TcpListener>,
+    inbound_listener: Option<TcpListener>,
+    gateway_listener: Option<(TcpListener, GatewayMetrics)>,
+    identity: Option<Arc<IdentityStore>>,
     vips: Option<VipListeners>,
     proxy: Arc<Proxy>,
     registry: Registry,
@@ -93,7 +99,44 @@ impl App {
         let admin_addr = admin_listener.local_addr()?;
         info!(addr = %admin_addr, "admin listening");
 
-        let outbound_listener = match config.listeners.outbound {
+        let gateway_mode = config.mode == Mode::Gateway;
+        let identity = match &config.identity {
+            Some(settings) => {
+                let metrics =
+                    IdentityMetrics::register(&registry).context("identity metrics register")?;
+                let identity = IdentityStore::load(settings, metrics)
+                    .context("cannot load the mesh identity")?;
+                info!(id = %identity.id(), "mesh identity loaded");
+                let check = Arc::clone(&identity);
+                readiness.add_check(Box::new(move || check.ready()));
+                Some(identity)
+            }
+            None => None,
+        };
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind {what} listener {addr}"))?;
+            info!(addr = %listener.local_addr()?, "{what} listening");
+            anyhow::Ok(listener)
+        };
+        let mesh_listener = match (&identity, gateway_mode) {
+            (Some(_), false) => Some(bind("mesh (mTLS)", config.listeners.mesh).await?),
+            _ => None,
+        };
+        let inbound_listener = match config.listeners.inbound {
+            Some(addr) if !gateway_mode => Some(bind("inbound (plaintext)", addr).await?),
+            _ => None,
+        };
+        let gateway_listener = if gateway_mode {
+            let metrics =
+                GatewayMetrics::register(&registry).context("gateway metrics register")?;
+            Some((bind("gateway", config.listeners.gateway).await?, metrics))
+        } else {
+            None
+        };
+
+        let outbound_listener = match config.listeners.outbound.filter(|_| !gateway_mode) {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -114,7 +157,7 @@ impl App {
         let mesh_dir = config.mesh_dir.clone();
         let store = Arc::new(Store::new(config, snapshot));
         let metrics = proxy::Metrics::register(&registry).context("proxy metrics register")?;
-        let proxy = Proxy::new(Arc::clone(&store), metrics);
+        let proxy = Proxy::with_identity(Arc::clone(&store), metrics, identity.clone());
 
         let dns = if store.load().config.dns.enabled {
             let metrics = dns::Metrics::register(&registry).context("dns metrics register")?;
@@ -165,6 +208,10 @@ impl App {
             dns,
             admin_listener,
             outbound_listener,
+            mesh_listener,
+            inbound_listener,
+            gateway_listener,
+            identity,
             vips,
             proxy,
             registry,
@@ -184,6 +231,27 @@ impl BoundApp {
 
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
         self.outbound_addr
+    }
+
+    /// The mesh mTLS listener's address, when an identity is configured.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The plaintext inbound capture's address, when `listeners.inbound` is set.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The gateway listener's address, in gateway mode.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway_listener
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The DNS shim's address (UDP and TCP), when `dns.enabled`.
@@ -210,6 +278,10 @@ impl BoundApp {
         let BoundApp {
             admin_listener,
             outbound_listener,
+            mesh_listener,
+            inbound_listener,
+            gateway_listener,
+            identity,
             dns,
             vips,
             proxy,
@@ -239,6 +311,33 @@ impl BoundApp {
                 Arc::clone(&proxy),
                 stop.child_token(),
             ));
+        }
+        if let (Some(listener), Some(identity)) = (mesh_listener, &identity) {
+            tokio::spawn(proxy::inbound::serve_mesh(
+                listener,
+                Arc::clone(&proxy),
+                Arc::clone(identity),
+                stop.child_token(),
+            ));
+        }
+        if let Some(listener) = inbound_listener {
+            tokio::spawn(proxy::inbound::serve_plaintext(
+                listener,
+                Arc::clone(&proxy),
+                stop.child_token(),
+            ));
+        }
+        if let Some((listener, metrics)) = gateway_listener {
+            tokio::spawn(proxy::gateway::serve(
+                listener,
+                Arc::clone(&proxy),
+                metrics,
+                stop.child_token(),
+            ));
+        }
+        if let Some(identity) = &identity {
+            // Rotated certificates apply to new handshakes; stops at exit.
+            identity.watch(admin_stop.clone());
         }
         if let Some(vips) = vips {
             tokio::spawn(vips.follow(Arc::clone(&proxy), stop.child_token()));

@@ -12,8 +12,11 @@ mod accept;
 mod access_log;
 mod conn_io;
 pub(crate) mod detect;
+pub(crate) mod gateway;
 pub(crate) mod http;
+pub(crate) mod inbound;
 pub(crate) mod listeners;
+pub(crate) mod mesh;
 mod metrics;
 mod respond;
 mod tcp;
@@ -25,7 +28,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::discovery::{ServiceName, Store};
+use crate::balance::Pick;
+use crate::discovery::{Service, ServiceName, Store};
+use crate::identity::IdentityStore;
 
 pub(crate) use accept::serve_transparent;
 pub use metrics::Metrics;
@@ -41,17 +46,69 @@ pub(crate) struct Proxy {
     pub drain: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// This proxy's mesh identity; `None`: proxy-to-proxy traffic is plaintext.
+    pub identity: Option<Arc<IdentityStore>>,
+    /// Mesh mTLS connections, one per peer.
+    pub mesh: mesh::MeshPool,
 }
 
 impl Proxy {
+    #[cfg(test)]
     pub fn new(store: Arc<Store>, metrics: Metrics) -> Arc<Self> {
+        Self::with_identity(store, metrics, None)
+    }
+
+    pub fn with_identity(
+        store: Arc<Store>,
+        metrics: Metrics,
+        identity: Option<Arc<IdentityStore>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             metrics,
             pool: http::Pool::default(),
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            identity,
+            mesh: mesh::MeshPool::default(),
         })
+    }
+
+    /// The identity to reach a service's endpoints with over mesh mTLS, or
+    /// `None` for plaintext (no identity, or the service opted out).
+    pub fn mesh_identity(&self, service: &Service) -> Option<&IdentityStore> {
+        self.identity.as_deref().filter(|_| service.mtls)
+    }
+
+    /// Sends an HTTP request to a picked endpoint: over mesh mTLS as an h2
+    /// stream, or in plaintext over a pooled connection in the app's protocol.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_http(
+        &self,
+        pick: &Pick,
+        service: &Service,
+        service_port: u16,
+        version: http::Version,
+        req: ::http::Request<http::ReqBody>,
+        limits: http::Limits,
+        mesh_port: u16,
+    ) -> Result<::http::Response<http::ProxyBody>, http::Failed> {
+        match self.mesh_identity(service) {
+            Some(identity) => {
+                let target = mesh::MeshTarget::new(
+                    pick.addr,
+                    &pick.kind,
+                    service,
+                    service_port,
+                    mesh_port,
+                    identity.trust_domain(),
+                );
+                self.mesh
+                    .send(identity, &target, version, req, limits.connect_timeout)
+                    .await
+            }
+            None => self.pool.send(pick.addr, version, req, limits).await,
+        }
     }
 
     /// Background upkeep: closing idle upstream connections.
@@ -67,6 +124,7 @@ impl Proxy {
                 }
                 let idle = proxy.store.load().config.outbound.pool_idle_timeout;
                 proxy.pool.evict_idle(idle);
+                proxy.mesh.evict_closed();
             }
         });
     }
@@ -105,5 +163,23 @@ pub enum Error {
         addr: SocketAddr,
         #[source]
         source: hyper::Error,
+    },
+    #[error("mTLS handshake with {addr} failed ({reason}): {source}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer {addr} presented {presented}, expected {expected}")]
+    PeerIdentity {
+        addr: SocketAddr,
+        expected: String,
+        presented: String,
+    },
+    #[error("peer proxy {addr} refused the stream with {status}")]
+    MeshRefused {
+        addr: SocketAddr,
+        status: ::http::StatusCode,
     },
 }

@@ -40,6 +40,12 @@ pub struct TestProxy {
     pub outbound: Option<SocketAddr>,
     /// The DNS shim (UDP and TCP), when `dns.enabled`.
     pub dns: Option<SocketAddr>,
+    /// The mesh mTLS listener, when an identity is configured.
+    pub mesh: Option<SocketAddr>,
+    /// The plaintext inbound capture, when `listeners.inbound` is set.
+    pub inbound: Option<SocketAddr>,
+    /// The gateway listener, in gateway mode.
+    pub gateway: Option<SocketAddr>,
     pub store: Arc<Store>,
     pub reloads: Option<watch::Receiver<ReloadStatus>>,
     stop: Option<oneshot::Sender<()>>,
@@ -65,6 +71,9 @@ impl TestProxy {
         let admin = bound.admin_addr();
         let outbound = bound.outbound_addr();
         let dns = bound.dns_addr();
+        let mesh = bound.mesh_addr();
+        let inbound = bound.inbound_addr();
+        let gateway = bound.gateway_addr();
         let store = bound.store();
         let reloads = bound.reloads();
         let task = tokio::spawn(bound.run(async {
@@ -74,6 +83,9 @@ impl TestProxy {
             admin,
             outbound,
             dns,
+            mesh,
+            inbound,
+            gateway,
             store,
             reloads,
             stop: Some(tx),

@@ -53,6 +53,10 @@ pub struct PickContext<'a> {
     /// Set by the selector from the service: endpoints with this many
     /// requests in flight are not picked.
     pub max_inflight: Option<u32>,
+    /// Only the local cluster's endpoints are eligible, whatever the
+    /// policy (the east-west gateway: traffic that crossed clusters once
+    /// must not cross again).
+    pub local_only: bool,
 }
 
 /// Whether `m` may be picked, and if it is an ejected endpoint whose probe

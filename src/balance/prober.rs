@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::health::EndpointState;
-use crate::discovery::{LbType, Store};
+use crate::discovery::{EndpointKind, LbType, Store};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -66,23 +66,36 @@ pub async fn run(store: Arc<Store>, metrics: Metrics, stop: CancellationToken) {
 
 async fn round(store: &Store, metrics: &Metrics, timeout: Duration) {
     let state = store.load_full();
-    let mut to_probe: HashMap<SocketAddr, Arc<EndpointState>> = HashMap::new();
+    let mut to_probe: HashMap<SocketAddr, Vec<Arc<EndpointState>>> = HashMap::new();
+    // With mesh mTLS a pod is reached at its proxy's mesh port, so that is
+    // what answers for it; gateways are probed at their own address.
+    let mesh_port = state
+        .config
+        .identity
+        .as_ref()
+        .map(|_| state.config.inbound.mesh_port);
     for service in state.snapshot.services.values() {
+        let mesh_port = mesh_port.filter(|_| service.mtls);
         for port in &service.ports {
             let selector = &port.selector;
             if selector.lb_type() != LbType::Locality {
                 for g in selector.groups() {
                     for m in &g.members {
-                        to_probe
-                            .entry(m.addr)
-                            .or_insert_with(|| Arc::clone(&m.state));
+                        let addr = match (&m.kind, mesh_port) {
+                            (EndpointKind::Direct, Some(p)) => SocketAddr::new(m.addr.ip(), p),
+                            _ => m.addr,
+                        };
+                        let states = to_probe.entry(addr).or_default();
+                        if !states.iter().any(|s| Arc::ptr_eq(s, &m.state)) {
+                            states.push(Arc::clone(&m.state));
+                        }
                     }
                 }
             }
         }
     }
     let mut probes = JoinSet::new();
-    for (addr, endpoint) in to_probe {
+    for (addr, endpoints) in to_probe {
         probes.spawn(async move {
             let up = matches!(
                 tokio::time::timeout(timeout, TcpStream::connect(addr)).await,
@@ -91,7 +104,9 @@ async fn round(store: &Store, metrics: &Metrics, timeout: Duration) {
             if !up {
                 debug!(%addr, "active probe failed");
             }
-            endpoint.set_probe_result(up);
+            for endpoint in endpoints {
+                endpoint.set_probe_result(up);
+            }
         });
     }
     while probes.join_next().await.is_some() {}

@@ -166,6 +166,9 @@ impl Selector {
                 &limited
             }
         };
+        if ctx.local_only {
+            return self.select_local(ctx, now);
+        }
         let found = match self.lb_type {
             LbType::Locality => self.groups.first().and_then(|g| self.pick_in(g, ctx, now)),
             LbType::ActiveActive => self.weighted(ctx, now),
@@ -174,6 +177,18 @@ impl Selector {
         found.ok_or_else(|| NoEndpoint {
             considered: self.considered.clone(),
         })
+    }
+
+    /// The local cluster only, under any policy. The registry always puts
+    /// the local group first; the failover tier is neither read nor moved,
+    /// since this pick says nothing about what the policy would choose.
+    fn select_local(&self, ctx: &PickContext<'_>, now: u64) -> Result<Pick, NoEndpoint> {
+        let local = self.groups.first().filter(|g| g.local);
+        local
+            .and_then(|g| self.pick_in(g, ctx, now))
+            .ok_or_else(|| NoEndpoint {
+                considered: local.map(|g| Arc::clone(&g.cluster)).into_iter().collect(),
+            })
     }
 
     fn pick_in(&self, g: &Group, ctx: &PickContext<'_>, now: u64) -> Option<Pick> {

@@ -206,6 +206,56 @@ fn retries_avoid_endpoints_already_tried() {
 }
 
 #[test]
+fn local_only_picks_never_leave_the_local_cluster_whatever_the_policy() {
+    let r = Registry::default();
+    let clusters = [
+        cluster("c1", true, 2),
+        cluster("c22", false, 2),
+        cluster("c333", false, 2),
+    ];
+    let local_only = PickContext {
+        local_only: true,
+        ..Default::default()
+    };
+    for (lb, targets) in [
+        (LbType::ActiveActive, &[][..]),
+        (LbType::FailOver, &[("c22", 100)][..]),
+    ] {
+        let sel = selector(&r, lb, targets, &clusters, Algorithm::RoundRobin);
+        for _ in 0..200 {
+            assert_eq!(&*sel.select(&local_only).unwrap().cluster, "c1", "{lb:?}");
+        }
+    }
+
+    // With every local endpoint ejected the policy moves on, a local-only
+    // pick does not, and says it looked at the local cluster alone.
+    let sel = selector(
+        &r,
+        LbType::ActiveActive,
+        &[],
+        &clusters,
+        Algorithm::RoundRobin,
+    );
+    for e in &clusters[0].endpoints {
+        assert!(r.endpoint(e.addr).start().failure(Failure::Connect));
+    }
+    assert_ne!(&*sel.select(&PickContext::default()).unwrap().cluster, "c1");
+    let err = sel.select(&local_only).unwrap_err();
+    assert_eq!(err.considered, vec![Arc::<str>::from("c1")]);
+
+    // A service with no local endpoints at all.
+    let remote = selector(
+        &r,
+        LbType::ActiveActive,
+        &[],
+        &clusters[1..],
+        Algorithm::RoundRobin,
+    );
+    assert!(remote.select(&PickContext::default()).is_ok());
+    assert!(remote.select(&local_only).is_err());
+}
+
+#[test]
 fn consistent_hashing_keeps_a_key_on_one_endpoint() {
     let r = Registry::default();
     let clusters = [cluster("c1", true, 5)];

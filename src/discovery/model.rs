@@ -165,6 +165,13 @@ pub struct Service {
     pub connect_timeout: Option<std::time::Duration>,
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<std::time::Duration>,
+    /// The service account its pods run as (annotation
+    /// `strait.io/service-account`): the identity mesh mTLS expects of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Whether its endpoints are reached over mesh mTLS when the proxy has
+    /// an identity (annotation `strait.io/mtls`). Default true.
+    pub mtls: bool,
 }
 
 /// The request key of consistent hashing.

@@ -48,6 +48,10 @@ struct ServiceDraft {
     connect_timeout: Option<std::time::Duration>,
     request_timeout: Option<std::time::Duration>,
     max_inflight: Option<u32>,
+    /// From [`ANNOTATION_SERVICE_ACCOUNT`].
+    service_account: Option<String>,
+    /// False with [`ANNOTATION_MTLS`] `disabled`.
+    mtls: Option<bool>,
 }
 
 /// Service (or ServiceImport) annotation choosing the balancing algorithm
@@ -64,6 +68,13 @@ pub const ANNOTATION_REQUEST_TIMEOUT: &str = "strait.io/request-timeout";
 /// Requests (or TCP connections) in flight per endpoint; an endpoint at the
 /// limit is not picked, and a service whose endpoints are all at it answers 503.
 pub const ANNOTATION_MAX_PER_ENDPOINT: &str = "strait.io/max-requests-per-endpoint";
+/// The service account the service's pods run as: with mesh mTLS, a server
+/// must present exactly `spiffe://TD/ns/NAMESPACE/sa/THIS`. Without it, any
+/// identity of the service's namespace is accepted.
+pub const ANNOTATION_SERVICE_ACCOUNT: &str = "strait.io/service-account";
+/// `disabled`: the service's endpoints run no Strait proxy; reach them in
+/// plaintext even when mesh mTLS is on. `enabled` (default).
+pub const ANNOTATION_MTLS: &str = "strait.io/mtls";
 
 impl ServiceDraft {
     fn port_mut(&mut self, port: u16, name: &Option<String>, protocol: Protocol) -> &mut PortDraft {
@@ -217,6 +228,8 @@ pub fn translate_with(
             hash_key: draft.hash_key,
             connect_timeout: draft.connect_timeout,
             request_timeout: draft.request_timeout,
+            service_account: draft.service_account,
+            mtls: draft.mtls.unwrap_or(true),
         });
         for vip in &service.vips {
             for (i, port) in service.ports.iter().enumerate() {

@@ -87,7 +87,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+pub(crate) fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
     let addr = match stream.local_addr().ok()? {
         SocketAddr::V4(_) => sock.original_dst_v4(),

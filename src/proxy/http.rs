@@ -20,7 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use body::ProxyBody;
-pub(crate) use endpoint::{connect_tcp, Pool};
+pub(crate) use body::ReqBody;
+pub(crate) use endpoint::{connect_tcp, Failed, Limits, Pool};
 pub(crate) use logical::Conn;
 
 use super::conn_io::ServerIo;

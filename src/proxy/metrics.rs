@@ -29,6 +29,8 @@ pub struct Metrics {
     pub(crate) retries: IntCounterVec,
     pub(crate) retries_exhausted: IntCounterVec,
     pub(crate) ejections: IntCounterVec,
+    pub(crate) authz_denials: IntCounterVec,
+    pub(crate) inbound_plaintext: IntCounterVec,
 }
 
 const REQ_LABELS: &[&str] = &[
@@ -147,6 +149,22 @@ impl Metrics {
                     "strait_endpoint_ejections_total",
                     "Endpoints taken out of balancing after failures (passive health), by cluster.",
                     &["service", "namespace", "cluster"],
+                )?,
+            )?,
+            authz_denials: reg(
+                registry,
+                counter(
+                    "strait_authz_denials_total",
+                    "Mesh requests and streams refused because the caller's identity may not call the service.",
+                    &["service", "namespace", "client"],
+                )?,
+            )?,
+            inbound_plaintext: reg(
+                registry,
+                counter(
+                    "strait_inbound_plaintext_connections_total",
+                    "Plaintext connections on the inbound capture, by action (forwarded, refused, not_redirected).",
+                    &["action"],
                 )?,
             )?,
             listener_bind_errors: reg(

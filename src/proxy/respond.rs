@@ -19,6 +19,9 @@ pub enum Reason {
     ConnectFailed,
     ResponseTimeout,
     UpstreamFailed,
+    TlsHandshake,
+    PeerIdentity,
+    MeshRefused,
 }
 
 impl Reason {
@@ -31,6 +34,9 @@ impl Reason {
             Reason::ConnectFailed => "connect_failed",
             Reason::ResponseTimeout => "response_timeout",
             Reason::UpstreamFailed => "upstream_failed",
+            Reason::TlsHandshake => "tls_handshake",
+            Reason::PeerIdentity => "peer_identity",
+            Reason::MeshRefused => "mesh_refused",
         }
     }
 }
@@ -49,6 +55,9 @@ impl Error {
             Error::ConnectTimeout { .. } => Reason::ConnectTimeout,
             Error::ResponseTimeout { .. } => Reason::ResponseTimeout,
             Error::Upstream { .. } => Reason::UpstreamFailed,
+            Error::Tls { .. } => Reason::TlsHandshake,
+            Error::PeerIdentity { .. } => Reason::PeerIdentity,
+            Error::MeshRefused { .. } => Reason::MeshRefused,
         }
     }
 
@@ -56,16 +65,27 @@ impl Error {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Handshake { .. }
+            Error::Connect { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::Handshake { .. }
+                | Error::Tls { .. }
+                | Error::PeerIdentity { .. }
         )
     }
 
     pub fn status(&self) -> StatusCode {
         match self.reason() {
             Reason::NoService | Reason::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::ConnectRefused | Reason::ConnectFailed | Reason::UpstreamFailed => {
-                StatusCode::BAD_GATEWAY
-            }
+            Reason::ConnectRefused
+            | Reason::ConnectFailed
+            | Reason::UpstreamFailed
+            | Reason::TlsHandshake
+            | Reason::PeerIdentity => StatusCode::BAD_GATEWAY,
+            // The peer proxy answered for the app (403: not authorized).
+            Reason::MeshRefused => match self {
+                Error::MeshRefused { status, .. } => *status,
+                _ => StatusCode::BAD_GATEWAY,
+            },
             Reason::ConnectTimeout | Reason::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }

@@ -8,12 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tracing::{debug, info};
 
 use super::conn_io::ServerIo;
 use super::http::connect_tcp;
+use super::mesh::MeshTarget;
 use super::{access_log, Error, Proxy};
 use crate::balance::{Failure, InFlight, Pick, PickContext};
 use crate::discovery::ServiceName;
@@ -27,6 +31,10 @@ pub(crate) struct TcpForward<'a> {
     pub access_log: bool,
 }
 
+/// An opaque TCP connection's upstream: a plain connection to the endpoint,
+/// or an HTTP/2 `CONNECT` stream over mesh mTLS.
+pub(crate) type Upstream = Either<TcpStream, TokioIo<Upgraded>>;
+
 /// Connects to an endpoint of the service at `dst`, trying others (up to
 /// `max_attempts` in all) when a connect fails. The returned guard counts
 /// the connection as in flight on the endpoint while it is held.
@@ -36,11 +44,11 @@ pub(crate) async fn connect_with_failover(
     service: &ServiceName,
     connect_timeout: Duration,
     max_attempts: u32,
-) -> Result<(TcpStream, Pick, InFlight), Error> {
+) -> Result<(Upstream, Pick, InFlight), Error> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last: Option<Error> = None;
     loop {
-        let pick = {
+        let (pick, svc, mesh_port) = {
             let state = proxy.store.load();
             let Some(target) = state.snapshot.target(&dst) else {
                 return Err(Error::NoService(dst));
@@ -49,7 +57,7 @@ pub(crate) async fn connect_with_failover(
                 exclude: &tried,
                 ..Default::default()
             };
-            match target.port().selector.select(&ctx) {
+            let pick = match target.port().selector.select(&ctx) {
                 Ok(p) => p,
                 // Nothing left to try: the caller hears why the last one failed.
                 Err(_) if last.is_some() => {
@@ -61,11 +69,39 @@ pub(crate) async fn connect_with_failover(
                         source,
                     })
                 }
-            }
+            };
+            (
+                pick,
+                Arc::clone(&target.service),
+                state.config.inbound.mesh_port,
+            )
         };
         let inflight = pick.state.start();
-        match connect_tcp(pick.addr, connect_timeout).await {
+        let connected = match proxy.mesh_identity(&svc) {
+            Some(identity) => {
+                let target = MeshTarget::new(
+                    pick.addr,
+                    &pick.kind,
+                    &svc,
+                    dst.port(),
+                    mesh_port,
+                    identity.trust_domain(),
+                );
+                proxy
+                    .mesh
+                    .open_stream(identity, &target, connect_timeout)
+                    .await
+                    .map(Either::Right)
+            }
+            None => connect_tcp(pick.addr, connect_timeout)
+                .await
+                .map(Either::Left),
+        };
+        match connected {
             Ok(stream) => return Ok((stream, pick, inflight)),
+            // The peer proxy refused the stream (not authorized): another
+            // endpoint would say the same.
+            Err(error @ Error::MeshRefused { .. }) => return Err(error),
             Err(error) => {
                 let m = &proxy.metrics;
                 let (name, ns) = (service.name.as_str(), service.namespace.as_str());
@@ -91,7 +127,10 @@ pub(crate) async fn connect_with_failover(
 }
 
 /// Copies bytes between the client and the upstream until both are done.
-pub(crate) async fn forward(mut io: ServerIo, mut upstream: TcpStream, fwd: TcpForward<'_>) {
+pub(crate) async fn forward<U>(mut io: ServerIo, mut upstream: U, fwd: TcpForward<'_>)
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let start = Instant::now();
     let result = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
     let (sent_up, sent_down) = match &result {

@@ -482,6 +482,26 @@ pub(super) fn balancer_annotations(
             )),
         }
     }
+    if let Some(v) = meta.annotations.get(ANNOTATION_SERVICE_ACCOUNT) {
+        if is_dns_label(v) {
+            draft.service_account = Some(v.clone());
+        } else {
+            problems.push(Problem::new(
+                path(ANNOTATION_SERVICE_ACCOUNT),
+                format!("{v:?} is not a service account name"),
+            ));
+        }
+    }
+    if let Some(v) = meta.annotations.get(ANNOTATION_MTLS) {
+        match v.as_str() {
+            "enabled" => draft.mtls = Some(true),
+            "disabled" => draft.mtls = Some(false),
+            _ => problems.push(Problem::new(
+                path(ANNOTATION_MTLS),
+                format!("{v:?} is not enabled or disabled"),
+            )),
+        }
+    }
     if let Some(v) = meta.annotations.get(ANNOTATION_HASH_KEY) {
         let parsed = match v.split_once(':') {
             None if v == "client-ip" => Some(HashKey::ClientIp),

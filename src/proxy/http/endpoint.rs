@@ -81,7 +81,7 @@ pub(crate) struct Failed {
 }
 
 impl Failed {
-    fn unsent(error: Error, req: Request<ReqBody>) -> Self {
+    pub fn unsent(error: Error, req: Request<ReqBody>) -> Self {
         Self {
             error,
             unsent: Some(req),
@@ -293,30 +293,47 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let stream = connect_tcp(addr, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| Error::Handshake { addr, source })?;
-    let span = tracing::debug_span!("upstream", %addr);
     if upgrades {
-        tokio::spawn(
-            async move {
-                if let Err(error) = conn.with_upgrades().await {
-                    debug!(%error, "upstream connection ended");
-                }
-            }
-            .instrument(span),
-        );
+        handshake_h1(addr, TokioIo::new(stream)).await
     } else {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| Error::Handshake { addr, source })?;
         tokio::spawn(
             async move {
                 if let Err(error) = conn.await {
                     debug!(%error, "upstream connection ended");
                 }
             }
-            .instrument(span),
+            .instrument(tracing::debug_span!("upstream", %addr)),
         );
+        Ok(sender)
     }
+}
+
+/// An HTTP/1.1 client over `io` that stays usable for a protocol switch.
+pub(crate) async fn handshake_h1<B, I>(
+    addr: SocketAddr,
+    io: I,
+) -> Result<http1::SendRequest<B>, Error>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| Error::Handshake { addr, source })?;
+    tokio::spawn(
+        async move {
+            if let Err(error) = conn.with_upgrades().await {
+                debug!(%error, "upstream connection ended");
+            }
+        }
+        .instrument(tracing::debug_span!("upstream", %addr)),
+    );
     Ok(sender)
 }
 

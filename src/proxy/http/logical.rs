@@ -31,6 +31,7 @@ use super::retry::{content_length, is_idempotent, RetryReason, Template, Tried};
 use super::{headers, upgrade, Version};
 use crate::balance::{Algorithm, Failure, Pick, PickContext};
 use crate::discovery::{HashKey, ServiceName};
+use crate::proxy::mesh::MeshTarget;
 use crate::proxy::metrics::RequestRecorder;
 use crate::proxy::respond::error_response;
 use crate::proxy::{access_log, Error, Proxy};
@@ -50,6 +51,8 @@ pub(crate) struct Conn {
 #[derive(Clone, Copy)]
 struct Settings {
     limits: Limits,
+    /// Peers' mesh port, for mesh mTLS (`inbound.meshPort`).
+    mesh_port: u16,
     request_timeout: Option<Duration>,
     x_forwarded_for: bool,
     access_log: bool,
@@ -72,6 +75,7 @@ pub(super) async fn handle(
                 connect_timeout: config.outbound.connect_timeout,
                 max_idle: config.outbound.pool_max_idle_per_endpoint,
             },
+            mesh_port: config.inbound.mesh_port,
             request_timeout: config.outbound.request_timeout,
             x_forwarded_for: config.http.x_forwarded_for,
             access_log: config.log.access_log,
@@ -185,10 +189,15 @@ pub(super) async fn handle(
                 .flatten()
         };
         let inflight = pick.state.start();
-        let send = conn
-            .proxy
-            .pool
-            .send(pick.addr, conn.version, req, settings.limits);
+        let send = conn.proxy.send_http(
+            &pick,
+            &service,
+            conn.dst.port(),
+            conn.version,
+            req,
+            settings.limits,
+            settings.mesh_port,
+        );
         let result = match settings.request_timeout {
             None => send.await,
             Some(timeout) => match tokio::time::timeout(timeout, send).await {
@@ -353,7 +362,22 @@ async fn forward_upgrade(
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
     let inflight = pick.state.start();
-    match upgrade::forward(pick.addr, req, settings.limits.connect_timeout).await {
+    let proxy = &conn.proxy;
+    let mesh = proxy.mesh_identity(service).map(|identity| {
+        let target = MeshTarget::new(
+            pick.addr,
+            &pick.kind,
+            service,
+            conn.dst.port(),
+            settings.mesh_port,
+            identity.trust_domain(),
+        );
+        (identity, target)
+    });
+    let mesh_args = mesh
+        .as_ref()
+        .map(|(identity, target)| (&**proxy, *identity, target));
+    match upgrade::forward(pick.addr, req, settings.limits.connect_timeout, mesh_args).await {
         Ok(rsp) => {
             inflight.success();
             finish(conn, &service.name, &pick, rsp, start, &method, settings)

@@ -10,17 +10,31 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, Instrument};
 
 use super::body::ProxyBody;
-use super::endpoint::connect_h1;
-use crate::proxy::Error;
+use super::endpoint::{connect_h1, handshake_h1};
+use crate::identity::IdentityStore;
+use crate::proxy::mesh::MeshTarget;
+use crate::proxy::{Error, Proxy};
 
 pub(super) async fn forward(
     addr: SocketAddr,
     mut req: Request<Incoming>,
     connect_timeout: std::time::Duration,
+    mesh: Option<(&Proxy, &IdentityStore, &MeshTarget<'_>)>,
 ) -> Result<Response<ProxyBody>, Error> {
     let is_connect = req.method() == Method::CONNECT;
     let downstream = hyper::upgrade::on(&mut req);
-    let mut sender = connect_h1(addr, connect_timeout, true).await?;
+    let mut sender = match mesh {
+        None => connect_h1(addr, connect_timeout, true).await?,
+        // Over mesh mTLS the HTTP/1 exchange runs inside a CONNECT stream
+        // to the app's port, and is spliced there after the switch.
+        Some((proxy, identity, target)) => {
+            let tunnel = proxy
+                .mesh
+                .open_stream(identity, target, connect_timeout)
+                .await?;
+            handshake_h1(addr, tunnel.into_inner()).await?
+        }
+    };
     sender
         .ready()
         .await
