@@ -12,7 +12,9 @@
 //! - `lifecycle`: SIGTERM and drain;
 //! - `traffic_policy`: FailOver and ActiveActive across cluster hosts;
 //! - `dns`: the DNS shim behind the pod's port-53 redirect, for a service
-//!   that exists only in another cluster.
+//!   that exists only in another cluster;
+//! - `mtls`: two pods in two clusters over mesh mTLS, and the inbound
+//!   plaintext capture (permissive, then strict).
 //!
 //! To add scenarios, add `tests/e2e/NAME.rs` and a `#[path]` line below.
 
@@ -27,5 +29,7 @@ mod capture;
 mod dns;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/mtls.rs"]
+mod mtls;
 #[path = "e2e/traffic_policy.rs"]
 mod traffic_policy;

@@ -59,6 +59,10 @@ pub struct Options {
     /// `dns: {...}`); it must not repeat the keys [`Sidecar::start`] writes
     /// (`node`, `listeners`, `runtime`, `log`, `mesh`).
     pub extra_yaml: String,
+    /// The `node:` mapping's contents. Default `cluster: cluster-1`.
+    pub node: String,
+    /// Extra `listeners:` entries (`mesh: ...`, `inbound: ...`), comma-led.
+    pub extra_listeners: String,
 }
 
 impl Default for Options {
@@ -66,6 +70,8 @@ impl Default for Options {
         Self {
             as_proxy_uid: true,
             extra_yaml: String::new(),
+            node: "cluster: cluster-1".to_owned(),
+            extra_listeners: String::new(),
         }
     }
 }
@@ -85,12 +91,14 @@ impl Sidecar {
     /// not indented), starts the binary, and waits for `/ready`.
     pub fn start(host: &Host, mesh_yaml: &str, opts: Options) -> Sidecar {
         let config = format!(
-            "node: {{ cluster: cluster-1 }}\n\
-             listeners: {{ admin: \"{ADMIN}\", outbound: \"127.0.0.1:{OUTBOUND_PORT}\", serviceVips: false }}\n\
+            "node: {{ {} }}\n\
+             listeners: {{ admin: \"{ADMIN}\", outbound: \"127.0.0.1:{OUTBOUND_PORT}\", serviceVips: false{} }}\n\
              runtime: {{ drainGracePeriod: {}s }}\n\
              log: {{ format: json, level: \"info,strait=debug\", accessLog: true }}\n\
              {}\n\
              mesh:\n{}",
+            opts.node,
+            opts.extra_listeners,
             DRAIN_GRACE.as_secs(),
             opts.extra_yaml,
             indent(mesh_yaml),
