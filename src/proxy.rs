@@ -103,9 +103,12 @@ impl Proxy {
                     mesh_port,
                     identity.trust_domain(),
                 );
-                self.mesh
-                    .send(identity, &target, version, req, limits.connect_timeout)
-                    .await
+                // Boxed: the plaintext path's future stays as small as it was.
+                Box::pin(
+                    self.mesh
+                        .send(identity, &target, version, req, limits.connect_timeout),
+                )
+                .await
             }
             None => self.pool.send(pick.addr, version, req, limits).await,
         }
