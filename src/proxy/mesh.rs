@@ -284,7 +284,7 @@ impl MeshPool {
         if let Some(s) = self.open(&key, generation, target)? {
             return Ok(s);
         }
-        let conn = connect(identity, target, connect_timeout).await?;
+        let conn = Box::pin(connect(identity, target, connect_timeout)).await?;
         let sender = conn.sender.clone();
         lock(&self.conns).insert(key, conn);
         Ok(sender)

@@ -87,9 +87,7 @@ pub(crate) async fn connect_with_failover(
                     mesh_port,
                     identity.trust_domain(),
                 );
-                proxy
-                    .mesh
-                    .open_stream(identity, &target, connect_timeout)
+                Box::pin(proxy.mesh.open_stream(identity, &target, connect_timeout))
                     .await
                     .map(Either::Right)
             }

@@ -135,7 +135,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = match connect_h1(addr, limits.connect_timeout, false).await {
+        // Boxed, as every rare path: the request future stays small, and
+        // hyper moves it into place once per request.
+        let mut sender = match Box::pin(connect_h1(addr, limits.connect_timeout, false)).await {
             Ok(s) => s,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
@@ -179,7 +181,7 @@ impl Pool {
     ) -> Result<Response<ProxyBody>, Failed> {
         let sender = match self.h2_open(addr) {
             Some(s) => Ok(s),
-            None => self.connect_h2_once(addr, limits.connect_timeout).await,
+            None => Box::pin(self.connect_h2_once(addr, limits.connect_timeout)).await,
         };
         let mut sender = match sender {
             Ok(s) => s,

@@ -142,7 +142,9 @@ pub(super) async fn handle(
         headers::add_forwarded(req.headers_mut(), conn.client);
     }
     if upgrade {
-        return Ok(forward_upgrade(&conn, &service, pick, req, settings, start).await);
+        // Boxed: a rare path, and its future would otherwise set the size
+        // of every request's.
+        return Ok(Box::pin(forward_upgrade(&conn, &service, pick, req, settings, start)).await);
     }
 
     let method = req.method().clone();

@@ -28,10 +28,8 @@ pub(super) async fn forward(
         // Over mesh mTLS the HTTP/1 exchange runs inside a CONNECT stream
         // to the app's port, and is spliced there after the switch.
         Some((proxy, identity, target)) => {
-            let tunnel = proxy
-                .mesh
-                .open_stream(identity, target, connect_timeout)
-                .await?;
+            let tunnel =
+                Box::pin(proxy.mesh.open_stream(identity, target, connect_timeout)).await?;
             handshake_h1(addr, tunnel.into_inner()).await?
         }
     };
