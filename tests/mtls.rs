@@ -690,6 +690,41 @@ async fn an_expired_client_certificate_is_refused() {
     strait::assert_eventually!(server.metric(v).await == 1.0, 100, "counted as expired");
 }
 
+#[tokio::test]
+async fn ready_fails_once_the_certificate_has_expired() {
+    let pki = Pki::new();
+    let now = std::time::SystemTime::now();
+    let soon = certs::workload_with_validity(
+        &pki.cluster1,
+        &pki.cluster1.cert_pem,
+        SERVER_ID,
+        now - DAY,
+        now + Duration::from_secs(2),
+    )
+    .unwrap();
+    let dir = pki.path("short");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert-chain.pem"), &soon.chain_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &soon.key_pem).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), &pki.root.cert_pem).unwrap();
+    let yaml = format!(
+        "listeners: {{ admin: \"127.0.0.1:0\", outbound: null, mesh: \"127.0.0.1:0\" }}\n{}mesh: []\n",
+        identity_yaml(&dir)
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await.unwrap();
+    assert_eq!(get(proxy.admin, "/ready").await.unwrap().status, 200);
+    let expiry = proxy.metric("strait_identity_cert_expiry_seconds").await;
+    assert!((0.0..=3.0).contains(&expiry), "seconds left: {expiry}");
+    // Wall-clock expiry: nothing to await but the clock; bounded at 10 s.
+    strait::assert_eventually!(
+        get(proxy.admin, "/ready").await.unwrap().status == 503,
+        500,
+        "/ready fails after expiry"
+    );
+    let reply = get(proxy.admin, "/ready").await.unwrap();
+    assert!(reply.text().contains("expired"), "{}", reply.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_load_uses_one_tls_connection_per_peer() {
     let pki = Pki::new();
