@@ -70,10 +70,40 @@ impl Pki {
 
 fn write_workload(dir: &Path, ca: &Ca, id: &str, bundle: &str) -> certs::Workload {
     let w = certs::workload(ca, &ca.cert_pem, id, DAY).unwrap();
+    write_files(dir, &w, bundle);
+    w
+}
+
+/// Writes a workload's three identity files (each replaced atomically).
+fn write_files(dir: &Path, w: &certs::Workload, bundle: &str) {
+    std::fs::create_dir_all(dir).unwrap();
     write_atomic(&dir.join("cert-chain.pem"), &w.chain_pem).unwrap();
     write_atomic(&dir.join("key.pem"), &w.key_pem).unwrap();
     write_atomic(&dir.join("root-cert.pem"), bundle).unwrap();
-    w
+}
+
+/// `openssl s_client` arguments presenting `dir`'s identity to `mesh`.
+fn s_client_args(mesh: &str, dir: &Path) -> Vec<String> {
+    let (leaf, intermediates) = split_chain(dir);
+    let file = |name: &str| dir.join(name).display().to_string();
+    [
+        "s_client",
+        "-connect",
+        mesh,
+        "-cert",
+        &leaf,
+        "-cert_chain",
+        &intermediates,
+        "-key",
+        &file("key.pem"),
+        "-CAfile",
+        &file("root-cert.pem"),
+        "-alpn",
+        "h2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn identity_yaml(dir: &Path) -> String {
@@ -557,27 +587,12 @@ async fn openssl_and_curl_see_the_handshake_results() {
     let mesh = server.mesh.unwrap().to_string();
     pki.identity("client", &pki.cluster2, CLIENT_ID);
     let dir = pki.path("client");
-    let (leaf, intermediates) = split_chain(&dir);
     let chain = dir.join("cert-chain.pem").display().to_string();
     let key = dir.join("key.pem").display().to_string();
-    let root = dir.join("root-cert.pem").display().to_string();
 
     // openssl with the generated client certificate: TLS 1.3, h2, verified.
-    let args = [
-        "s_client",
-        "-connect",
-        &mesh,
-        "-cert",
-        &leaf,
-        "-cert_chain",
-        &intermediates,
-        "-key",
-        &key,
-        "-CAfile",
-        &root,
-        "-alpn",
-        "h2",
-    ];
+    let owned = s_client_args(&mesh, &dir);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let Some(ok) = run("openssl", &args, b"") else {
         return;
     };
@@ -655,30 +670,10 @@ async fn an_expired_client_certificate_is_refused() {
     )
     .unwrap();
     let dir = pki.path("expired");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert-chain.pem"), &expired.chain_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &expired.key_pem).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), &pki.root.cert_pem).unwrap();
+    write_files(&dir, &expired, &pki.root.cert_pem);
     let mesh = server.mesh.unwrap().to_string();
-    let (leaf, intermediates) = split_chain(&dir);
-    let key = dir.join("key.pem").display().to_string();
-    let root = dir.join("root-cert.pem").display().to_string();
-    let args = [
-        "s_client",
-        "-connect",
-        &mesh,
-        "-cert",
-        &leaf,
-        "-cert_chain",
-        &intermediates,
-        "-key",
-        &key,
-        "-CAfile",
-        &root,
-        "-alpn",
-        "h2",
-        "-brief",
-    ];
+    let owned = s_client_args(&mesh, &dir);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     // TLS 1.3: openssl finishes its side before the server has judged its
     // certificate; the server's verdict is the alert and the metric.
     let Some(out) = run("openssl", &args, b"") else {
@@ -703,10 +698,7 @@ async fn ready_fails_once_the_certificate_has_expired() {
     )
     .unwrap();
     let dir = pki.path("short");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert-chain.pem"), &soon.chain_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &soon.key_pem).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), &pki.root.cert_pem).unwrap();
+    write_files(&dir, &soon, &pki.root.cert_pem);
     let yaml = format!(
         "listeners: {{ admin: \"127.0.0.1:0\", outbound: null, mesh: \"127.0.0.1:0\" }}\n{}mesh: []\n",
         identity_yaml(&dir)

@@ -47,21 +47,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning; the listener itself is still fine.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, client)) = next_connection(&listener, &stop).await {
         let dst = match dest {
             Destination::Fixed(addr) => addr,
             Destination::Original => match original_dst(&stream) {
@@ -84,6 +70,28 @@ pub(crate) async fn serve(
         proxy
             .tasks
             .spawn(handle(p, stream, client, dst).instrument(span));
+    }
+}
+
+/// The next accepted connection, or `None` once `stop` fires. Accept errors
+/// (out of file descriptors and the like) back off briefly instead of
+/// spinning; the listener itself is still fine.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => return None,
+        };
+        match accepted {
+            Ok(a) => return Some(a),
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, field, info, info_span, warn, Instrument, Span};
+use tracing::{debug, field, info, info_span, Instrument, Span};
 
 use super::conn_io::ServerIo;
 use super::http::connect_tcp;
@@ -54,21 +54,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let metrics = Arc::new(metrics);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning; the listener itself is still fine.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, client)) = super::accept::next_connection(&listener, &stop).await {
         let span = info_span!("gateway", peer = %client, service = field::Empty);
         let conn = handle(Arc::clone(&proxy), Arc::clone(&metrics), stream, client);
         proxy.tasks.spawn(conn.instrument(span));

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 use super::http::{connect_tcp, Limits, ProxyBody, ReqBody, Version};
 use super::mesh::{PORT_HEADER, PROTOCOL_HEADER, SERVICE_HEADER, TARGET_PORT_HEADER};
@@ -52,19 +52,7 @@ pub(crate) async fn serve_mesh(
     identity: Arc<IdentityStore>,
     stop: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, client)) = accept::next_connection(&listener, &stop).await {
         let _ = stream.set_nodelay(true);
         let span = info_span!("inbound", peer = %client);
         let task = mesh_connection(Arc::clone(&proxy), Arc::clone(&identity), stream);
@@ -415,19 +403,7 @@ pub(crate) async fn serve_plaintext(
     stop: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, client)) = accept::next_connection(&listener, &stop).await {
         let count = |action: &str| {
             proxy
                 .metrics
