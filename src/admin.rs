@@ -26,6 +26,8 @@ pub struct Admin {
     pub registry: Registry,
     pub store: Arc<Store>,
     pub readiness: Readiness,
+    /// The mesh identity, shown in `/config_dump`.
+    pub identity: Option<Arc<crate::identity::IdentityStore>>,
 }
 
 /// Serves until `stop` fires.
@@ -87,14 +89,30 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config_dump" => {
             let state = admin.store.load_full();
             #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
             struct Dump<'a> {
                 version: u64,
                 config: &'a crate::config::Config,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                identity: Option<IdentityDump>,
                 mesh: &'a crate::discovery::Snapshot,
             }
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct IdentityDump {
+                spiffe_id: String,
+                not_after: String,
+                generation: u64,
+            }
+            let identity = admin.identity.as_ref().map(|i| IdentityDump {
+                spiffe_id: i.id().to_string(),
+                not_after: humantime::format_rfc3339_seconds(i.not_after()).to_string(),
+                generation: i.generation(),
+            });
             let dump = Dump {
                 version: state.version,
                 config: &state.config,
+                identity,
                 mesh: &state.snapshot,
             };
             match serde_json::to_vec_pretty(&dump) {

@@ -300,6 +300,7 @@ impl BoundApp {
                     registry,
                     store: Arc::clone(&proxy.store),
                     readiness: readiness.clone(),
+                    identity: identity.clone(),
                 },
                 admin_stop.clone(),
             )

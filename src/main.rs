@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use strait::config::{self, EnvOverrides, LogFormat, ModeOverride};
+use strait::identity::{IdentityMetrics, IdentityStore};
 use strait::{demo, discovery, App};
 
 #[derive(Parser)]
@@ -148,6 +149,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(loaded) => match discovery::translate(&loaded.config, &loaded.manifests) {
             Err(problems) => problems,
             Ok(snapshot) => {
+                // The identity files are checked as the proxy would load them.
+                if let Some(problem) = identity_problem(&loaded.config) {
+                    return print_problems(path, &[problem]);
+                }
                 let endpoints: usize = snapshot
                     .services
                     .values()
@@ -167,12 +172,25 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
         },
     };
+    print_problems(path, &problems)
+}
+
+fn print_problems(path: &std::path::Path, problems: &[config::Problem]) -> ExitCode {
     let mut err = std::io::stderr().lock();
-    for p in &problems {
+    for p in problems {
         let _ = writeln!(err, "{}: {p}", path.display());
     }
     let _ = writeln!(err, "{} problem(s)", problems.len());
     ExitCode::from(1)
+}
+
+/// Why the configured identity files would not load, if they would not.
+fn identity_problem(config: &config::Config) -> Option<config::Problem> {
+    let identity = config.identity.as_ref()?;
+    let metrics = IdentityMetrics::register(&prometheus::Registry::new()).ok()?;
+    IdentityStore::load(identity, metrics)
+        .err()
+        .map(|e| config::Problem::new("identity", e.to_string()))
 }
 
 fn run_demo() -> ExitCode {

@@ -164,3 +164,66 @@ fn proxy_with_an_invalid_config_exits_1_before_binding() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listeners.admin"));
 }
+
+#[test]
+fn check_config_loads_the_identity_files_as_the_proxy_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let run = |args: &[&str]| {
+        let out = strait().arg("certs").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["root", "--out", &format!("{d}/root")]);
+    run(&[
+        "intermediate",
+        "--cluster",
+        "c1",
+        "--root",
+        &format!("{d}/root"),
+        "--out",
+        &format!("{d}/c1"),
+    ]);
+    let id = "spiffe://cluster.local/ns/a/sa/b";
+    run(&[
+        "workload",
+        "--spiffe-id",
+        id,
+        "--ca",
+        &format!("{d}/c1"),
+        "--out",
+        &format!("{d}/w"),
+    ]);
+    let config = |key: &str| {
+        format!(
+            "identity: {{ certChain: w/cert-chain.pem, privateKey: {key}, trustBundle: w/root-cert.pem }}\nmesh: []\n"
+        )
+    };
+    let good = write(&dir, "good.yaml", &config("w/key.pem"));
+    let out = strait()
+        .args(["proxy", "--check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The intermediate's key does not belong to the workload certificate.
+    let bad = write(&dir, "bad.yaml", &config("c1/ca-key.pem"));
+    let out = strait()
+        .args(["proxy", "--check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("identity: "), "{err}");
+    assert!(err.contains("ca-key.pem"), "names the file: {err}");
+}

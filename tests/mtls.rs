@@ -705,6 +705,11 @@ async fn ready_fails_once_the_certificate_has_expired() {
     );
     let proxy = TestProxy::from_yaml(&yaml).await.unwrap();
     assert_eq!(get(proxy.admin, "/ready").await.unwrap().status, 200);
+    let dump = get(proxy.admin, "/config_dump").await.unwrap().text();
+    assert!(
+        dump.contains(&format!("\"spiffeId\": \"{SERVER_ID}\"")),
+        "{dump}"
+    );
     let expiry = proxy.metric("strait_identity_cert_expiry_seconds").await;
     assert!((0.0..=3.0).contains(&expiry), "seconds left: {expiry}");
     // Wall-clock expiry: nothing to await but the clock; bounded at 10 s.
