@@ -149,7 +149,30 @@ impl Drop for NetnsResolvConf {
 /// -A STRAIT_DNS -p udp -j REDIRECT --to-ports 15053
 /// -A STRAIT_DNS -p tcp -j REDIRECT --to-ports 15053
 /// ```
+///
+/// plus, in the raw table, Istio's conntrack zones for DNS: the shim's
+/// upstream flows (zone 1) and the app's redirected flows (zone 2) are kept
+/// apart, so an app query whose 5-tuple matches one of the shim's recent
+/// upstream flows is still redirected instead of joining that flow and
+/// going straight to kube-dns:
+///
+/// ```text
+/// -t raw -A OUTPUT -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1
+/// -t raw -A OUTPUT -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2
+/// -t raw -A OUTPUT -p udp --dport 53 -m owner ! --uid-owner 1337 -j CT --zone 2
+/// -t raw -A PREROUTING -p udp --sport 53 -j CT --zone 1
+/// ```
 fn install_dns_redirect(host: &Host) {
+    host.iptables(&format!(
+        "-t raw -A OUTPUT -p udp --dport 53 -m owner --uid-owner {PROXY_UID} -j CT --zone 1"
+    ));
+    host.iptables(&format!(
+        "-t raw -A OUTPUT -p udp --sport {SHIM_PORT} -m owner --uid-owner {PROXY_UID} -j CT --zone 2"
+    ));
+    host.iptables(&format!(
+        "-t raw -A OUTPUT -p udp --dport 53 -m owner ! --uid-owner {PROXY_UID} -j CT --zone 2"
+    ));
+    host.iptables("-t raw -A PREROUTING -p udp --sport 53 -j CT --zone 1");
     host.iptables("-t nat -N STRAIT_DNS");
     host.iptables("-t nat -I OUTPUT 1 -p udp --dport 53 -j STRAIT_DNS");
     host.iptables("-t nat -I OUTPUT 2 -p tcp --dport 53 -j STRAIT_DNS");
