@@ -7,7 +7,11 @@
 //! instead of iptables. The demo sends requests through it and prints where
 //! they went under each traffic policy: ActiveActive by weight, FailOver
 //! when cluster-1's replicas die and fail-back when they return, and
-//! Locality's refusal to leave the cluster.
+//! Locality's refusal to leave the cluster. Last, mesh mTLS: a second
+//! client sidecar and the sidecar of a pod in cluster-3, with certificates
+//! made on the spot (one root, an intermediate per cluster), show the
+//! caller's SPIFFE ID arriving at the app and a ServiceExport refusing a
+//! caller it does not name.
 
 pub mod backend;
 
@@ -31,6 +35,12 @@ const PORT: u16 = 8080;
 const HTTPBIN: &str = "127.1.0.1";
 const PAYMENTS: &str = "127.1.0.2";
 const INVENTORY: &str = "127.1.0.3";
+const LEDGER: &str = "127.1.0.4";
+const AUDIT: &str = "127.1.0.5";
+/// The cluster-3 pod whose sidecar serves mesh mTLS.
+const LEDGER_POD: &str = "127.1.3.1";
+const CALLER_ID: &str = "spiffe://cluster.local/ns/demo/sa/frontend";
+const LEDGER_ID: &str = "spiffe://cluster.local/ns/demo/sa/ledger";
 const HOLD_DOWN: Duration = Duration::from_secs(2);
 
 fn slice(service: &str, i: usize, cluster: &str, addr: SocketAddr) -> String {
@@ -179,6 +189,8 @@ mesh:
         .await;
     writeln!(out, "   {status}, x-strait-error: {why}")?;
 
+    mtls(out).await?;
+
     let page = Client::new(admin).get_text("/metrics").await;
     writeln!(out, "\nMetrics (http://{admin}/metrics), a few of them:")?;
     for line in page.lines().filter(|l| {
@@ -198,6 +210,151 @@ mesh:
         "\nDone. `strait proxy --config config/standalone.yaml` runs the same proxy from a file."
     )?;
     Ok(())
+}
+
+/// Section 4: two sidecars talking mesh mTLS.
+async fn mtls(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    use crate::certs;
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let dir = std::env::temp_dir().join(format!("strait-demo-{}", std::process::id()));
+    let _cleanup = RemoveDir(dir.clone());
+    let root = certs::root(DAY)?;
+    let write = |name: &str, cluster: &str, id: &str| -> anyhow::Result<String> {
+        let ca = certs::intermediate(&root, cluster, DAY)?;
+        let w = certs::workload(&ca, &ca.cert_pem, id, DAY)?;
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("cert-chain.pem"), &w.chain_pem)?;
+        std::fs::write(d.join("key.pem"), &w.key_pem)?;
+        std::fs::write(d.join("root-cert.pem"), &root.cert_pem)?;
+        let d = d.display();
+        Ok(format!("identity: {{ certChain: \"{d}/cert-chain.pem\", privateKey: \"{d}/key.pem\", trustBundle: \"{d}/root-cert.pem\" }}\n"))
+    };
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let ledger = backend::start("ledger@cluster-3", any, false).await?;
+    let audit = backend::start("audit@cluster-3", any, false).await?;
+    let port = |b: &backend::Backend| b.addr.port();
+
+    // The cluster-3 pod's sidecar: both services run there; ledger may be
+    // called by anyone in the mesh, audit only by the `auditor` account.
+    let mut server_mesh = String::new();
+    for (name, b, allowed) in [("ledger", &ledger, "*"), ("audit", &audit, "auditor")] {
+        server_mesh += &service(name, "None", None);
+        server_mesh += &slice(
+            name,
+            0,
+            "cluster-1",
+            SocketAddr::new(LEDGER_POD.parse()?, port(b)),
+        );
+        server_mesh += &format!(
+            "  - apiVersion: multicluster.flomesh.io/v1alpha1
+    kind: ServiceExport
+    metadata: {{ name: {name}, namespace: demo }}
+    spec: {{ serviceAccountName: \"{allowed}\" }}
+"
+        );
+    }
+    let server = format!(
+        "node: {{ cluster: cluster-3, namespace: demo, serviceAccount: ledger }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: null, mesh: \"{LEDGER_POD}:0\" }}
+{}mesh:
+{server_mesh}",
+        write("ledger", "cluster-3", LEDGER_ID)?
+    );
+    let server = App::new(parse_str(
+        &server,
+        Path::new("."),
+        &MapOverrides::default(),
+    )?)
+    .bind()
+    .await
+    .context("the cluster-3 sidecar")?;
+    let mesh_port = server.mesh_addr().context("mesh listener")?.port();
+    let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server.run(async {
+        let _ = server_stopped.await;
+    }));
+
+    // A second client sidecar in cluster-1, now with an identity.
+    let mut client_mesh = String::new();
+    for (name, vip, b) in [("ledger", LEDGER, &ledger), ("audit", AUDIT, &audit)] {
+        client_mesh += &service(name, vip, Some("{ lbType: FailOver, targets: [{ clusterKey: default/default/default/cluster-3 }] }"));
+        client_mesh += &slice(
+            name,
+            0,
+            "cluster-3",
+            SocketAddr::new(LEDGER_POD.parse()?, port(b)),
+        );
+    }
+    let client = format!(
+        "node: {{ cluster: cluster-1, namespace: demo, serviceAccount: frontend }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: null, serviceVips: true, mesh: \"127.0.0.1:0\" }}
+inbound: {{ meshPort: {mesh_port} }}
+{}mesh:
+{client_mesh}",
+        write("frontend", "cluster-1", CALLER_ID)?
+    );
+    let client = App::new(parse_str(
+        &client,
+        Path::new("."),
+        &MapOverrides::default(),
+    )?)
+    .bind()
+    .await
+    .context("the mTLS client sidecar")?;
+    let client_admin = client.admin_addr();
+    let (client_stop, client_stopped) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(client.run(async {
+        let _ = client_stopped.await;
+    }));
+
+    writeln!(
+        out,
+        "\n4. Mesh mTLS: ledger.demo ({LEDGER}:{PORT}) runs only in cluster-3, behind its sidecar ({LEDGER_POD}:{mesh_port});\n   certificates: one root, an intermediate per cluster; the client sidecar is {CALLER_ID}"
+    )?;
+    let mut caller = Client::new(format!("{LEDGER}:{PORT}").parse()?);
+    match caller.send("/headers").await {
+        Ok((status, headers, body)) => {
+            let backend = headers
+                .get("x-backend")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
+            let body = String::from_utf8_lossy(&body);
+            let xfcc = body
+                .lines()
+                .find(|l| l.starts_with("x-forwarded-client-cert"))
+                .unwrap_or("(no x-forwarded-client-cert)");
+            writeln!(out, "   {status} from {backend}; the app saw\n   {xfcc}")?;
+        }
+        Err(e) => writeln!(out, "   failed: {e}")?,
+    }
+    let (status, why) = Client::new(format!("{AUDIT}:{PORT}").parse()?).once().await;
+    writeln!(
+        out,
+        "   audit.demo is exported to the `auditor` service account only: {status}, x-strait-error: {why}"
+    )?;
+    let page = Client::new(client_admin).get_text("/metrics").await;
+    for line in page.lines().filter(|l| {
+        l.starts_with("strait_tls_handshakes_total{")
+            || l.starts_with("strait_mesh_connections_active{")
+    }) {
+        writeln!(out, "   {line}")?;
+    }
+
+    let _ = client_stop.send(());
+    client.await.context("mTLS client task")??;
+    let _ = server_stop.send(());
+    server.await.context("cluster-3 sidecar task")??;
+    Ok(())
+}
+
+/// Removes the demo's certificate directory when dropped.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn print_tally(
