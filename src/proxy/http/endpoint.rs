@@ -299,6 +299,7 @@ where
         handshake_h1(addr, TokioIo::new(stream)).await
     } else {
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| Error::Handshake { addr, source })?;
