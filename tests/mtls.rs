@@ -275,6 +275,33 @@ inbound: {{ meshPort: {mesh_port} }}
     TestProxy::from_yaml(&yaml).await.unwrap()
 }
 
+/// A server proxy in cluster-1 exporting to `allowed`, and a client proxy
+/// in cluster-2 that reaches it directly, expecting it to run as `server_sa`.
+struct Direct {
+    pki: Pki,
+    apps: Apps,
+    server: TestProxy,
+    client: TestProxy,
+    vips: [SocketAddr; 3],
+}
+
+async fn direct(allowed: &str, server_sa: &str) -> Direct {
+    let pki = Pki::new();
+    let apps = Apps::start().await;
+    let (server, pod) = server(&pki, &apps, allowed).await;
+    let mesh_port = server.mesh.unwrap().port();
+    let identity = pki.identity("client", &pki.cluster2, CLIENT_ID);
+    let route = Route::Direct { pod };
+    let (client, vips) = client(&identity, &apps, &route, server_sa, mesh_port).await;
+    Direct {
+        pki,
+        apps,
+        server,
+        client,
+        vips,
+    }
+}
+
 /// HTTP/1.1, h2 with gRPC trailers, and opaque TCP through the client proxy;
 /// the apps see the caller's SPIFFE ID.
 async fn exercise_every_protocol(vips: &[SocketAddr; 3]) {
@@ -335,13 +362,13 @@ async fn exercise_every_protocol(vips: &[SocketAddr; 3]) {
 
 #[tokio::test]
 async fn every_protocol_reaches_a_server_proxy_in_another_cluster_directly() {
-    let pki = Pki::new();
-    let apps = Apps::start().await;
-    let (server, pod) = server(&pki, &apps, "sleep").await;
-    let mesh_port = server.mesh.unwrap().port();
-    let identity = pki.identity("client", &pki.cluster2, CLIENT_ID);
-    let route = Route::Direct { pod };
-    let (client, vips) = client(&identity, &apps, &route, "httpbin", mesh_port).await;
+    let Direct {
+        pki: _pki,
+        apps: _apps,
+        server,
+        client,
+        vips,
+    } = direct("sleep", "httpbin").await;
 
     exercise_every_protocol(&vips).await;
 
@@ -385,19 +412,13 @@ async fn every_protocol_reaches_a_server_proxy_through_its_clusters_gateway() {
 
 #[tokio::test]
 async fn a_websocket_upgrade_crosses_the_mesh_in_a_connect_stream() {
-    let pki = Pki::new();
-    let apps = Apps::start().await;
-    let (server, pod) = server(&pki, &apps, "sleep").await;
-    let mesh_port = server.mesh.unwrap().port();
-    let identity = pki.identity("client", &pki.cluster2, CLIENT_ID);
-    let (_client, vips) = client(
-        &identity,
-        &apps,
-        &Route::Direct { pod },
-        "httpbin",
-        mesh_port,
-    )
-    .await;
+    let Direct {
+        pki: _pki,
+        apps,
+        server,
+        client: _client,
+        vips,
+    } = direct("sleep", "httpbin").await;
 
     let mut conn = RawConn::connect(vips[0]).await;
     conn.write(
@@ -724,19 +745,13 @@ async fn ready_fails_once_the_certificate_has_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_load_uses_one_tls_connection_per_peer() {
-    let pki = Pki::new();
-    let apps = Apps::start().await;
-    let (server, pod) = server(&pki, &apps, "sleep").await;
-    let mesh_port = server.mesh.unwrap().port();
-    let identity = pki.identity("client", &pki.cluster2, CLIENT_ID);
-    let (client, vips) = client(
-        &identity,
-        &apps,
-        &Route::Direct { pod },
-        "httpbin",
-        mesh_port,
-    )
-    .await;
+    let Direct {
+        pki: _pki,
+        apps,
+        server,
+        client,
+        vips,
+    } = direct("sleep", "httpbin").await;
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let vip = vips[0];
@@ -787,19 +802,13 @@ fn leaf_sha256(chain_pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_certificates_under_load_fails_no_request() {
-    let pki = Pki::new();
-    let apps = Apps::start().await;
-    let (server, pod) = server(&pki, &apps, "sleep").await;
-    let mesh_port = server.mesh.unwrap().port();
-    let identity = pki.identity("client", &pki.cluster2, CLIENT_ID);
-    let (client, vips) = client(
-        &identity,
-        &apps,
-        &Route::Direct { pod },
-        "httpbin",
-        mesh_port,
-    )
-    .await;
+    let Direct {
+        pki,
+        apps: _apps,
+        server,
+        client,
+        vips,
+    } = direct("sleep", "httpbin").await;
     let before = get(vips[0], "/headers").await.unwrap();
     let old_hash = xfcc_hash(&before.text());
     assert!(!old_hash.is_empty());

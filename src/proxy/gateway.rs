@@ -32,7 +32,7 @@ use super::conn_io::ServerIo;
 use super::http::connect_tcp;
 use super::tcp::{self, TcpForward};
 use super::Proxy;
-use crate::balance::{Failure, InFlight, Pick, PickContext};
+use crate::balance::{InFlight, Pick, PickContext};
 use crate::config::is_dns_label;
 use crate::discovery::ServiceName;
 
@@ -243,23 +243,18 @@ async fn connect(
             Ok(stream) => return Ok((stream, route, inflight)),
             Err(error) => {
                 let pick = &route.pick;
-                let m = &proxy.metrics;
-                let (name, ns) = (service.name.as_str(), service.namespace.as_str());
-                m.connect_errors
-                    .with_label_values(&[name, ns, error.reason().as_str()])
-                    .inc();
-                if inflight.failure(Failure::Connect) {
-                    info!(endpoint = %pick.addr, cluster = %pick.cluster, "endpoint ejected");
-                    m.ejections
-                        .with_label_values(&[name, ns, &pick.cluster])
-                        .inc();
-                }
+                tcp::connect_failed(proxy, service, pick, inflight, &error);
                 tried.push(pick.addr);
                 if tried.len() >= CONNECT_ATTEMPTS {
                     debug!(%error, "connect failed; no attempts left");
                     return Err(Outcome::ConnectFailed);
                 }
-                m.retries.with_label_values(&[name, ns, "connect"]).inc();
+                let (name, ns) = (service.name.as_str(), service.namespace.as_str());
+                proxy
+                    .metrics
+                    .retries
+                    .with_label_values(&[name, ns, "connect"])
+                    .inc();
                 debug!(%error, "connect failed; trying another endpoint");
             }
         }

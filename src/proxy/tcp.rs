@@ -101,26 +101,43 @@ pub(crate) async fn connect_with_failover(
             // endpoint would say the same.
             Err(error @ Error::MeshRefused { .. }) => return Err(error),
             Err(error) => {
-                let m = &proxy.metrics;
-                let (name, ns) = (service.name.as_str(), service.namespace.as_str());
-                m.connect_errors
-                    .with_label_values(&[name, ns, error.reason().as_str()])
-                    .inc();
-                if inflight.failure(Failure::Connect) {
-                    info!(endpoint = %pick.addr, cluster = %pick.cluster, "endpoint ejected");
-                    m.ejections
-                        .with_label_values(&[name, ns, &pick.cluster])
-                        .inc();
-                }
+                connect_failed(proxy, service, &pick, inflight, &error);
                 tried.push(pick.addr);
                 if tried.len() >= max_attempts as usize {
                     return Err(error);
                 }
-                m.retries.with_label_values(&[name, ns, "connect"]).inc();
+                let (name, ns) = (service.name.as_str(), service.namespace.as_str());
+                proxy
+                    .metrics
+                    .retries
+                    .with_label_values(&[name, ns, "connect"])
+                    .inc();
                 debug!(%error, "connect failed; trying another endpoint");
                 last = Some(error);
             }
         }
+    }
+}
+
+/// Counts a failed connect to a picked endpoint and reports it to the
+/// endpoint's health (a connect failure ejects it).
+pub(crate) fn connect_failed(
+    proxy: &Proxy,
+    service: &ServiceName,
+    pick: &Pick,
+    inflight: InFlight,
+    error: &Error,
+) {
+    let m = &proxy.metrics;
+    let (name, ns) = (service.name.as_str(), service.namespace.as_str());
+    m.connect_errors
+        .with_label_values(&[name, ns, error.reason().as_str()])
+        .inc();
+    if inflight.failure(Failure::Connect) {
+        info!(endpoint = %pick.addr, cluster = %pick.cluster, "endpoint ejected");
+        m.ejections
+            .with_label_values(&[name, ns, &pick.cluster])
+            .inc();
     }
 }
 
