@@ -172,6 +172,10 @@ pub struct Service {
     /// Whether its endpoints are reached over mesh mTLS when the proxy has
     /// an identity (annotation `strait.io/mtls`). Default true.
     pub mtls: bool,
+    /// `name.namespace` as a header value, made once for the mesh hop's
+    /// `x-strait-service`.
+    #[serde(skip)]
+    pub(crate) mesh_name: http::HeaderValue,
 }
 
 /// The request key of consistent hashing.

@@ -230,6 +230,9 @@ pub fn translate_with(
             request_timeout: draft.request_timeout,
             service_account: draft.service_account,
             mtls: draft.mtls.unwrap_or(true),
+            // Names are validated DNS labels, so this is always a valid value.
+            mesh_name: http::HeaderValue::from_str(&name.to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
         });
         for vip in &service.vips {
             for (i, port) in service.ports.iter().enumerate() {

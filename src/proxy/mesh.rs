@@ -44,49 +44,42 @@ pub(crate) const PORT_HEADER: &str = "x-strait-port";
 pub(crate) const TARGET_PORT_HEADER: &str = "x-strait-target-port";
 pub(crate) const PROTOCOL_HEADER: &str = "x-strait-protocol";
 
-/// The identity a peer must present.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Expected {
-    /// Exactly this SPIFFE ID.
-    Exact(SpiffeId),
-    /// Any service account of this namespace, in this trust domain.
-    Namespace {
-        trust_domain: String,
-        namespace: String,
-    },
+/// The identity a peer must present, borrowed from the service and the
+/// trust domain (nothing is allocated per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expected<'a> {
+    trust_domain: &'a str,
+    namespace: &'a str,
+    /// `None`: any service account of the namespace.
+    service_account: Option<&'a str>,
 }
 
-impl Expected {
-    pub fn for_service(service: &Service, trust_domain: &str) -> Self {
-        match &service.service_account {
-            Some(sa) => Expected::Exact(SpiffeId::new(trust_domain, &service.name.namespace, sa)),
-            None => Expected::Namespace {
-                trust_domain: trust_domain.to_owned(),
-                namespace: service.name.namespace.clone(),
-            },
+impl<'a> Expected<'a> {
+    pub fn for_service(service: &'a Service, trust_domain: &'a str) -> Self {
+        Expected {
+            trust_domain,
+            namespace: &service.name.namespace,
+            service_account: service.service_account.as_deref(),
         }
     }
 
     pub fn admits(&self, id: &SpiffeId) -> bool {
-        match self {
-            Expected::Exact(want) => want == id,
-            Expected::Namespace {
-                trust_domain,
-                namespace,
-            } => id.trust_domain() == trust_domain && id.namespace() == namespace,
-        }
+        id.trust_domain() == self.trust_domain
+            && id.namespace() == self.namespace
+            && self
+                .service_account
+                .is_none_or(|sa| id.service_account() == sa)
     }
 }
 
-impl std::fmt::Display for Expected {
+impl std::fmt::Display for Expected<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Expected::Exact(id) => write!(f, "{id}"),
-            Expected::Namespace {
-                trust_domain,
-                namespace,
-            } => write!(f, "spiffe://{trust_domain}/ns/{namespace}/sa/*"),
-        }
+        let sa = self.service_account.unwrap_or("*");
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{sa}",
+            self.trust_domain, self.namespace
+        )
     }
 }
 
@@ -97,8 +90,10 @@ pub(crate) struct MeshTarget<'a> {
     pub peer: SocketAddr,
     /// The gateway's SNI, for gateway endpoints.
     pub sni: Option<&'a Arc<str>>,
-    pub expected: Expected,
+    pub expected: Expected<'a>,
     pub service: &'a ServiceName,
+    /// `x-strait-service`, made once per snapshot.
+    pub service_header: &'a HeaderValue,
     pub service_port: u16,
     /// The pod's port, for direct endpoints.
     pub target_port: Option<u16>,
@@ -114,15 +109,17 @@ impl<'a> MeshTarget<'a> {
         service: &'a Service,
         service_port: u16,
         mesh_port: u16,
-        trust_domain: &str,
+        trust_domain: &'a str,
     ) -> Self {
         let expected = Expected::for_service(service, trust_domain);
+        let service_header = &service.mesh_name;
         match kind {
             EndpointKind::Direct => MeshTarget {
                 peer: SocketAddr::new(endpoint.ip(), mesh_port),
                 sni: None,
                 expected,
                 service: &service.name,
+                service_header,
                 service_port,
                 target_port: Some(endpoint.port()),
                 endpoint,
@@ -132,6 +129,7 @@ impl<'a> MeshTarget<'a> {
                 sni: Some(sni),
                 expected,
                 service: &service.name,
+                service_header,
                 service_port,
                 target_port: None,
                 endpoint,
@@ -490,11 +488,8 @@ async fn connect(
 }
 
 fn set_mesh_headers<B>(req: &mut Request<B>, target: &MeshTarget<'_>, protocol: &'static str) {
-    let service = format!("{}.{}", target.service.name, target.service.namespace);
     let headers = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&service) {
-        headers.insert(SERVICE_HEADER, v);
-    }
+    headers.insert(SERVICE_HEADER, target.service_header.clone());
     headers.insert(PORT_HEADER, HeaderValue::from(target.service_port));
     if let Some(port) = target.target_port {
         headers.insert(TARGET_PORT_HEADER, HeaderValue::from(port));
