@@ -63,6 +63,8 @@ pub(crate) async fn serve_mesh(
 /// A verified peer's connection.
 struct MeshConn {
     proxy: Arc<Proxy>,
+    /// The local cluster's name, for request metrics (`node` is restart-only).
+    local_cluster: Arc<str>,
     peer: SpiffeId,
     xfcc: HeaderValue,
     recorder: RequestRecorder,
@@ -117,8 +119,10 @@ async fn mesh_connection(proxy: Arc<Proxy>, identity: Arc<IdentityStore>, stream
         .mesh_connections
         .with_label_values(&["inbound", &peer.to_string()]);
     active.inc();
+    let local_cluster = Arc::from(proxy.store.load().config.node.cluster.as_str());
     let conn = Arc::new(MeshConn {
         proxy: Arc::clone(&proxy),
+        local_cluster,
         peer,
         xfcc,
         recorder: RequestRecorder::new(proxy.metrics.clone(), Direction::Inbound),
@@ -191,7 +195,6 @@ struct Route {
     service: Arc<Service>,
     app: SocketAddr,
     version: Version,
-    local_cluster: Arc<str>,
     limits: Limits,
 }
 
@@ -223,7 +226,7 @@ async fn handle(
     } else {
         forward_http(&conn, &route, req).await
     };
-    let cluster = &route.local_cluster;
+    let cluster = &conn.local_cluster;
     conn.recorder.record(
         &route.service.name,
         cluster,
@@ -260,7 +263,6 @@ fn route(conn: &MeshConn, req: &Request<Incoming>) -> Result<Route, Refusal> {
         service: Arc::clone(svc),
         app: SocketAddr::new(config.inbound.app_host, target_port),
         version,
-        local_cluster: Arc::from(config.node.cluster.as_str()),
         limits: Limits {
             connect_timeout: config.outbound.connect_timeout,
             max_idle: config.outbound.pool_max_idle_per_endpoint,
