@@ -279,19 +279,18 @@ fn resolve_port(
     service_port: Option<u16>,
     target_port: Option<u16>,
 ) -> Result<u16, Refusal> {
-    let local_ports = |sp: &crate::discovery::ServicePort| {
+    fn local_ports(sp: &crate::discovery::ServicePort) -> impl Iterator<Item = u16> + '_ {
         sp.clusters
             .iter()
             .filter(|c| c.local)
             .flat_map(|c| c.endpoints.iter().map(|e| e.addr.port()))
-            .collect::<Vec<_>>()
-    };
+    }
     match (target_port, service_port) {
         (Some(target), _) => {
             let known = service
                 .ports
                 .iter()
-                .any(|sp| sp.port == target || local_ports(sp).contains(&target));
+                .any(|sp| sp.port == target || local_ports(sp).any(|p| p == target));
             if known {
                 Ok(target)
             } else {
@@ -300,7 +299,7 @@ fn resolve_port(
         }
         (None, Some(port)) => {
             let sp = service.port(port).ok_or(Refusal::UnknownPort(port))?;
-            Ok(local_ports(sp).first().copied().unwrap_or(port))
+            Ok(local_ports(sp).next().unwrap_or(port))
         }
         (None, None) => Err(Refusal::BadRequest("missing x-strait-port")),
     }
