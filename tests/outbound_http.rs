@@ -424,6 +424,29 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_headers_pass() {
     }
 }
 
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
+    let web = backend("web", false).await;
+    let vip = new_vip();
+    let _proxy = Mesh::default()
+        .service("web", vip, Some("http"))
+        .endpoint("web", web.addr.port())
+        .start()
+        .await;
+
+    // As `nc -N` or a shell's `exec 3<>/dev/tcp` do: send, then shut down
+    // the write side while the response is still being made upstream.
+    let mut conn = RawConn::connect(vip).await;
+    conn.write(b"GET /delay/200 HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await;
+    within("shutdown", conn.stream.shutdown()).await.unwrap();
+    let rsp = conn.read_response().await.expect("a response, not a close");
+    assert_eq!(
+        (rsp.status, rsp.body.as_slice()),
+        (200, b"web\n".as_slice())
+    );
+}
+
 /// Runs curl with a bound on time; curl must be on PATH (CI installs it).
 async fn curl(args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new("curl");

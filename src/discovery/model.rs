@@ -1,10 +1,11 @@
 //! The immutable mesh model that the data path reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::balance::Selector;
@@ -247,7 +248,7 @@ pub struct Snapshot {
     pub services: BTreeMap<ServiceName, Arc<Service>>,
     pub clusters: BTreeMap<String, ClusterInfo>,
     #[serde(skip)]
-    pub(crate) by_addr: HashMap<SocketAddr, Target>,
+    pub(crate) by_addr: FxHashMap<SocketAddr, Target>,
 }
 
 impl Snapshot {

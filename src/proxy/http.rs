@@ -3,10 +3,12 @@
 //!
 //! `logical.rs` routes a request to its service and endpoint and records it;
 //! `endpoint.rs` owns upstream connections; `upgrade.rs` handles protocol
-//! switches; `headers.rs` hop-by-hop rules; `body.rs` the response body.
+//! switches; `headers.rs` hop-by-hop rules; `body.rs` the response body;
+//! `head_timer.rs` the HTTP/1 header read timeout.
 
 mod body;
 mod endpoint;
+mod head_timer;
 pub(crate) mod headers;
 mod logical;
 mod retry;
@@ -50,13 +52,19 @@ pub(crate) async fn serve(
         Version::Http1 => {
             let mut builder = http1::Builder::new();
             builder
-                .timer(TokioTimer::new())
+                // One timer registration per connection, not per request.
+                .timer(head_timer::HeadTimer::new())
                 .header_read_timeout(settings.header_read_timeout)
                 .max_buf_size(settings.max_header_bytes)
                 // One write(2) of a flattened buffer beats writev(2) of a
                 // head and a small body (docs/benchmarks.md).
                 .writev(false)
-                .keep_alive(true);
+                .keep_alive(true)
+                // A client that shuts down its write side after the request
+                // still gets the response (HTTP allows it; haproxy's default
+                // too). It also spares hyper a read while the request is in
+                // flight, which reallocated the 8 KiB read buffer per request.
+                .half_close(true);
             let c = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(c);
             tokio::select! {

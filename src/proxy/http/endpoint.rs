@@ -18,6 +18,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
@@ -33,8 +34,8 @@ pub(crate) struct Pool {
 
 #[derive(Debug, Default)]
 struct Shared {
-    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
+    h1: Mutex<FxHashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<FxHashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
     /// Held while an HTTP/2 connection to the endpoint is being made.
     h2_connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }

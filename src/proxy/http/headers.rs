@@ -13,37 +13,79 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Headers that are always connection-specific.
 const HOP_BY_HOP: [HeaderName; 3] = [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING];
 
+// Which hop-by-hop headers a message carries, one bit each.
+const CONNECTION_BIT: u8 = 1;
+const UPGRADE_BIT: u8 = 2;
+const TE_BIT: u8 = 4;
+/// Keep-Alive, Proxy-Connection, Transfer-Encoding: always removed.
+const ALWAYS_BIT: u8 = 8;
+
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    // `as_str` of a known header is a table lookup; comparing with `HeaderName`
+    // constants would build and drop a temporary for each comparison.
+    match name.as_str() {
+        "connection" => CONNECTION_BIT,
+        "upgrade" => UPGRADE_BIT,
+        "te" => TE_BIT,
+        "keep-alive" | "proxy-connection" | "transfer-encoding" => ALWAYS_BIT,
+        _ => 0,
+    }
+}
+
 /// Strips hop-by-hop headers. When `upgrade` is true the `Upgrade` header and
 /// `Connection: upgrade` are kept, because the upgrade is forwarded as such.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(connection) = headers.remove(header::CONNECTION) {
-        if let Ok(listed) = connection.to_str() {
-            for name in listed.split(',').map(str::trim) {
-                // The common values name no header of their own (`close`) or
-                // one removed below anyway (`keep-alive`): skip the lookup.
-                let common =
-                    name.eq_ignore_ascii_case("keep-alive") || name.eq_ignore_ascii_case("close");
-                let kept_upgrade = upgrade && name.eq_ignore_ascii_case("upgrade");
-                if !(common || kept_upgrade) {
-                    headers.remove(name);
+    // One pass over the names finds which of them are there; a hashed lookup
+    // for each of the six, twice per request, was about 3 % of the proxy's
+    // user time. Most messages carry none, or only `Connection: keep-alive`.
+    let present = headers
+        .keys()
+        .fold(0, |bits, name| bits | hop_by_hop_bit(name));
+    if present & CONNECTION_BIT != 0 {
+        let named = connection_named(headers, upgrade);
+        headers.remove(header::CONNECTION);
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    if present & ALWAYS_BIT != 0 {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+    }
+    // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
+    if present & TE_BIT != 0 && headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if present & UPGRADE_BIT != 0 {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The headers that every `Connection` header names, to be removed with it.
+/// The common values name none of their own (`close`) or one removed anyway
+/// (`keep-alive`); `upgrade` is kept when the upgrade is forwarded. Then
+/// nothing is allocated.
+fn connection_named(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            let common = token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.is_empty()
+                || (upgrade && token.eq_ignore_ascii_case(b"upgrade"));
+            if !common {
+                // Not a header name (bad bytes): nothing to remove.
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
                 }
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
-    if let Some(te) = headers.get(header::TE) {
-        if te != "trailers" {
-            headers.remove(header::TE);
-        }
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
+    named
 }
 
 /// Whether an HTTP/1 request asks to switch protocols (WebSocket and others).
@@ -98,6 +140,37 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "2");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+            "upgrade",
+        ] {
+            let mut h = map(&[(name, "x"), ("x-kept", "2")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name} is removed");
+            assert_eq!(h["x-kept"], "2");
+        }
+    }
+
+    #[test]
+    fn headers_named_in_every_connection_header_are_removed() {
+        let mut h = map(&[
+            ("connection", "x-one"),
+            ("connection", "x-two"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "3");
     }
 
     #[test]
