@@ -122,8 +122,8 @@ impl EndpointState {
         }
     }
 
-    fn succeeded(&self, rtt: Duration) {
-        self.ewma.observe(rtt, clock::now_ns());
+    fn succeeded(&self, rtt: Duration, now_ns: u64) {
+        self.ewma.observe(rtt, now_ns);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
             self.ejections.store(0, Ordering::Relaxed);
@@ -178,8 +178,10 @@ pub struct InFlight {
 impl InFlight {
     pub fn success(mut self) {
         self.done = true;
-        let rtt = Duration::from_nanos(clock::now_ns().saturating_sub(self.start_ns));
-        self.state.succeeded(rtt);
+        // One clock read for both the round trip and the estimate's stamp.
+        let now = clock::now_ns();
+        let rtt = Duration::from_nanos(now.saturating_sub(self.start_ns));
+        self.state.succeeded(rtt, now);
     }
 
     /// Returns true when the failure ejected the endpoint.

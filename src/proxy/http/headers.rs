@@ -20,15 +20,30 @@ const TE_BIT: u8 = 4;
 /// Keep-Alive, Proxy-Connection, Transfer-Encoding: always removed.
 const ALWAYS_BIT: u8 = 8;
 
+// Statics, so comparing with them builds and drops no temporary.
+static CONNECTION: HeaderName = header::CONNECTION;
+static UPGRADE: HeaderName = header::UPGRADE;
+static TE: HeaderName = header::TE;
+static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
+static KEEP_ALIVE_NAME: HeaderName = KEEP_ALIVE;
+static PROXY_CONNECTION_NAME: HeaderName = PROXY_CONNECTION;
+
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {
-    // `as_str` of a known header is a table lookup; comparing with `HeaderName`
-    // constants would build and drop a temporary for each comparison.
-    match name.as_str() {
-        "connection" => CONNECTION_BIT,
-        "upgrade" => UPGRADE_BIT,
-        "te" => TE_BIT,
-        "keep-alive" | "proxy-connection" | "transfer-encoding" => ALWAYS_BIT,
-        _ => 0,
+    // Known headers compare by tag; custom ones by bytes, and only with
+    // custom ones.
+    if *name == CONNECTION {
+        CONNECTION_BIT
+    } else if *name == UPGRADE {
+        UPGRADE_BIT
+    } else if *name == TE {
+        TE_BIT
+    } else if *name == TRANSFER_ENCODING
+        || *name == KEEP_ALIVE_NAME
+        || *name == PROXY_CONNECTION_NAME
+    {
+        ALWAYS_BIT
+    } else {
+        0
     }
 }
 
