@@ -23,9 +23,16 @@
 #                     columns of this entry are the sum of both proxies on the
 #                     one proxy core: what a request pays in a mesh (a proxy on
 #                     each side). The plaintext entry is one proxy.
+#        strait-2hop  benches/strait-bench-2hop.sh: the same two-proxy path
+#                     in plaintext (client proxy -> HTTP/1.1 or h2c -> server
+#                     proxy -> backend), both processes on the proxy core: the
+#                     mTLS path with TLS and the HTTP/2 mesh hop taken out
+#                     (--no-2hop leaves it out)
 #   3. prints l7.sh's Markdown tables, then the ratio the mTLS path is held
-#      to: p99 of strait-mtls / p99 of strait at 1000 req/s (target <= 1.5),
-#      for HTTP/1.1 and h2c, from the run's medians.tsv; appended to summary.md.
+#      to (target <= 1.5): p99 at 1000 req/s of strait-mtls over the
+#      plaintext path, against both plaintext entries (the same two hops, and
+#      one proxy), for HTTP/1.1 and h2c, from the run's medians.tsv; appended
+#      to summary.md.
 #
 # Usage:
 #   benches/mtls.sh [--bin PATH] [--target-dir DIR] [--out DIR]
@@ -42,6 +49,8 @@
 #   --out DIR [/tmp/bench-results/strait-mtls-<timestamp>]  l7.sh output directory
 #   --strait-listen ADDR [127.0.0.1:18130]  --strait-h2-listen ADDR [127.0.0.1:18131]
 #   --mtls-listen ADDR [127.0.0.1:18132]    --mtls-h2-listen ADDR [127.0.0.1:18133]
+#   --2hop-listen ADDR [127.0.0.1:18134]    --2hop-h2-listen ADDR [127.0.0.1:18135]
+#   --no-2hop               leave the plaintext two-proxy entry out
 #   --reps N [3]  --duration S [10]  --rates "R:C ..." [1000:10]
 #                           everything else is passed to l7.sh unchanged
 #   The mTLS wrapper also uses 127.0.0.1:18140 (server proxy's mesh listener,
@@ -49,10 +58,10 @@
 #   (server proxy's admin); override with BENCH_MTLS_MESH_PORT,
 #   BENCH_MTLS_CLIENT_MESH, BENCH_MTLS_SERVER_ADMIN (see strait-bench-mtls.sh).
 #
-# Time: about 45 s per target (direct, strait, strait-mtls) per repetition
-# with the default 10 s runs and one rate, so about 2.5 min per repetition and
-# 7-8 min for 3 reps, plus the build; `--reps 1 --duration 3` is a 1 min
-# smoke test.
+# Time: about 45 s per target (direct, strait, strait-mtls, strait-2hop) per
+# repetition with the default 10 s runs and one rate, so about 3 min per
+# repetition and 9-10 min for 3 reps, plus the build; `--reps 1 --duration 3`
+# is a 1.5 min smoke test.
 #
 # Needs (Debian 12): apt-get install -y --no-install-recommends wrk \
 #   nghttp2-client nginx-light curl procps iproute2 util-linux coreutils
@@ -77,6 +86,7 @@ ORIG_ARGS=("$@")
 BIN="" TARGET_DIR=/work/target-bench OUT="" BUILT=0
 STRAIT_LISTEN=127.0.0.1:18130 STRAIT_H2_LISTEN=127.0.0.1:18131
 MTLS_LISTEN=127.0.0.1:18132 MTLS_H2_LISTEN=127.0.0.1:18133
+TWOHOP_LISTEN=127.0.0.1:18134 TWOHOP_H2_LISTEN=127.0.0.1:18135 TWOHOP=1
 declare -a PASS=()
 HAVE_REPS=0 HAVE_DURATION=0 HAVE_RATES=0 RATES="1000:10"
 need_arg() { (($# >= 2)) || die "$1 needs a value"; }
@@ -89,6 +99,9 @@ while (($#)); do
     --strait-h2-listen) need_arg "$@"; STRAIT_H2_LISTEN=$2; shift 2 ;;
     --mtls-listen) need_arg "$@"; MTLS_LISTEN=$2; shift 2 ;;
     --mtls-h2-listen) need_arg "$@"; MTLS_H2_LISTEN=$2; shift 2 ;;
+    --2hop-listen) need_arg "$@"; TWOHOP_LISTEN=$2; shift 2 ;;
+    --2hop-h2-listen) need_arg "$@"; TWOHOP_H2_LISTEN=$2; shift 2 ;;
+    --no-2hop) TWOHOP=0; shift ;;
     --no-h2) PASS+=("$1"); shift ;;
     --reps) need_arg "$@"; HAVE_REPS=1; PASS+=("$1" "$2"); shift 2 ;;
     --duration) need_arg "$@"; HAVE_DURATION=1; PASS+=("$1" "$2"); shift 2 ;;
@@ -97,7 +110,7 @@ while (($#)); do
       --proxy-cpu | --load-cpu | --backend-cpu)
       need_arg "$@"; PASS+=("$1" "$2"); shift 2 ;;
     --proxy | --listen | --h2-listen | --name)
-      die "$1 is set by mtls.sh (strait and strait-mtls); run shared/bench/l7.sh directly for other proxies" ;;
+      die "$1 is set by mtls.sh (strait, strait-mtls, strait-2hop); run shared/bench/l7.sh directly for other proxies" ;;
     -h | --help) usage 0 ;;
     *) log "unknown option: $1"; usage 1 ;;
   esac
@@ -112,7 +125,8 @@ L7=$HERE/../../shared/bench/l7.sh
 L7=$(cd "$(dirname "$L7")" && pwd)/l7.sh
 PLAIN=$HERE/strait-bench-proxy.sh
 MTLS=$HERE/strait-bench-mtls.sh
-for w in "$PLAIN" "$MTLS"; do [[ -x $w ]] || die "missing or not executable: $w"; done
+TWOHOP_WRAPPER=$HERE/strait-bench-2hop.sh
+for w in "$PLAIN" "$MTLS" "$TWOHOP_WRAPPER"; do [[ -x $w ]] || die "missing or not executable: $w"; done
 
 missing=()
 for t in wrk h2load nginx curl taskset ss ps timeout find; do command -v "$t" >/dev/null || missing+=("$t"); done
@@ -145,6 +159,12 @@ declare -a PROXIES=(
   --proxy "$(printf '%q %q' "$MTLS" "$BIN")"
   --listen "$MTLS_LISTEN" --h2-listen "$MTLS_H2_LISTEN" --name strait-mtls
 )
+if ((TWOHOP)); then
+  PROXIES+=(
+    --proxy "$(printf '%q %q' "$TWOHOP_WRAPPER" "$BIN")"
+    --listen "$TWOHOP_LISTEN" --h2-listen "$TWOHOP_H2_LISTEN" --name strait-2hop
+  )
+fi
 log "binary: $BIN ($(stat -c %s "$BIN") bytes), tree at $REV"
 log "harness: $L7 ${PASS[*]} --out $OUT"
 # The machine may be shared: sample the load average every 10 s while the
@@ -164,7 +184,7 @@ kill "$SAMPLER" 2>/dev/null || true
 {
   if [[ $BUILT == 1 ]]; then echo "strait: $BIN, built from $REV"; else echo "strait: $BIN (given with --bin; tree at $REV)"; fi
   echo "command: $0 ${ORIG_ARGS[*]}"
-  echo "note: strait-mtls is two strait processes (client and server proxy, plus the wrapper bash asleep in 'wait') on the one proxy core; its CPU and RSS are their sum, what a request pays in a mesh. strait is one proxy, plaintext."
+  echo "note: strait-mtls is two strait processes (client and server proxy, plus the wrapper bash asleep in 'wait') on the one proxy core; its CPU and RSS are their sum, what a request pays in a mesh. strait is one proxy, plaintext. strait-2hop is the two-proxy path in plaintext, counted like strait-mtls."
 } >>"$OUT/env.txt"
 
 # ------------------------------------------------- mTLS vs plaintext at 1000
@@ -178,24 +198,30 @@ ratio_report() {
     echo "No 1000 req/s rate in this run (--rates '$RATES'): compare the h1@R/h2@R rows of strait and strait-mtls in $OUT/summary.md."
     return 0
   fi
-  echo "| protocol | strait p99 us | strait-mtls p99 us | mtls / plaintext | +p99 us | within 1.5 |"
-  echo "|---|---|---|---|---|---|"
+  echo "| protocol | plaintext path | plaintext p99 us | strait-mtls p99 us | mtls / plaintext | +p99 us | within 1.5 |"
+  echo "|---|---|---|---|---|---|---|"
   awk -F'\t' '
     { M[$1 SUBSEP $2] = $3 }
     END {
       split("h1 h2", P, " ")
+      split("strait-2hop strait", T, " ")
       for (i = 1; i <= 2; i++) {
         k = P[i] "_at1000_p99_us"
-        if (!(("strait" SUBSEP k) in M)) continue
-        a = M["strait" SUBSEP k]; b = M["strait-mtls" SUBSEP k]
-        if (a == "" || b == "" || a + 0 == 0) { printf "| %s | %s | %s | - | - | - |\n", (P[i] == "h1") ? "HTTP/1.1" : "h2c", a, b; continue }
-        r = b / a
-        printf "| %s | %.0f | %.0f | %.2f | %+.0f | %s |\n", (P[i] == "h1") ? "HTTP/1.1" : "h2c", a, b, r, b - a, (r <= 1.5) ? "yes" : "NO"
+        proto = (P[i] == "h1") ? "HTTP/1.1" : "h2c"
+        for (j = 1; j <= 2; j++) {
+          if (!((T[j] SUBSEP k) in M)) continue
+          path = (T[j] == "strait") ? "one proxy (strait)" : "same two hops (strait-2hop)"
+          a = M[T[j] SUBSEP k]; b = M["strait-mtls" SUBSEP k]
+          if (a == "" || b == "" || a + 0 == 0) { printf "| %s | %s | %s | %s | - | - | - |\n", proto, path, a, b; continue }
+          r = b / a
+          printf "| %s | %s | %.0f | %.0f | %.2f | %+.0f | %s |\n", proto, path, a, b, r, b - a, (r <= 1.5) ? "yes" : "NO"
+        }
       }
     }' "$med"
   echo
   echo "strait-mtls = client proxy + server proxy (two strait processes) on the one proxy core;"
   echo "its CPU and RSS columns above are the sum of both: what a request pays in a mesh."
+  echo "strait-2hop = the same two proxies in plaintext (HTTP/1.1 or h2c between them), counted alike."
 }
 ratio_report | tee -a "$OUT/summary.md"
 log "results: $OUT/summary.md (tables and the ratio), $OUT/medians.tsv, $OUT/raw.tsv, logs in $OUT/logs/,"

@@ -664,6 +664,36 @@ async fn openssl_and_curl_see_the_handshake_results() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(body.contains(&format!("URI={CLIENT_ID}")), "{body}");
+        // A stream that names no service, or one this proxy does not know.
+        let port = format!("x-strait-port: {HTTP_PORT}");
+        for (service_header, code) in [
+            (None, "400"),
+            (Some("x-strait-service: webhttpbin"), "400"),
+            (Some("x-strait-service: nope.httpbin"), "404"),
+        ] {
+            let mut args = vec![
+                "-sS",
+                "--http2",
+                "-k",
+                "--cert",
+                &chain,
+                "--key",
+                &key,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &port,
+            ];
+            if let Some(h) = service_header {
+                args.extend(["-H", h]);
+            }
+            args.push(&url);
+            let out = run("curl", &args, b"").unwrap();
+            let got = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(got, code, "{service_header:?}");
+        }
         // Without a client certificate the handshake fails.
         let bare = run("curl", &["-sS", "--http2", "-k", &url], b"").unwrap();
         assert!(!bare.status.success(), "no client certificate, no answer");

@@ -249,6 +249,11 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, ClusterInfo>,
     #[serde(skip)]
     pub(crate) by_addr: FxHashMap<SocketAddr, Target>,
+    /// Services by `name.namespace`, the value of a mesh request's
+    /// `x-strait-service` header: looked up with the header value as it
+    /// arrived, without building a `ServiceName` per request.
+    #[serde(skip)]
+    pub(crate) by_mesh_name: FxHashMap<http::HeaderValue, Arc<Service>>,
 }
 
 impl Snapshot {
@@ -265,6 +270,11 @@ impl Snapshot {
 
     pub fn service(&self, name: &ServiceName) -> Option<&Arc<Service>> {
         self.services.get(name)
+    }
+
+    /// The service a mesh request's `x-strait-service` value names.
+    pub(crate) fn service_by_mesh_name(&self, value: &http::HeaderValue) -> Option<&Arc<Service>> {
+        self.by_mesh_name.get(value)
     }
 }
 

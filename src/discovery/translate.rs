@@ -250,6 +250,10 @@ pub fn translate_with(
                     .insert(addr, Target::new(service.clone(), i));
             }
         }
+        snapshot
+            .by_mesh_name
+            .entry(service.mesh_name.clone())
+            .or_insert_with(|| Arc::clone(&service));
         snapshot.services.insert(name, service);
     }
 

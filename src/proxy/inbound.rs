@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -44,6 +44,7 @@ use crate::metrics::Direction;
 /// The header that carries the verified caller to the app, in Envoy's
 /// format: `By=<our SPIFFE ID>;Hash=<SHA-256 of the caller's certificate>;URI=<caller's SPIFFE ID>`.
 pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
+const XFCC: HeaderName = HeaderName::from_static(XFCC_HEADER);
 
 /// Accepts mesh mTLS connections until `stop` fires.
 pub(crate) async fn serve_mesh(
@@ -238,24 +239,28 @@ async fn handle(
 
 fn route(conn: &MeshConn, req: &Request<Incoming>) -> Result<Route, Refusal> {
     let headers = req.headers();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let number = |name: &str| text(name).and_then(|v| v.parse::<u16>().ok());
-    let service = text(SERVICE_HEADER)
-        .and_then(|s| s.split_once('.'))
-        .map(|(name, ns)| ServiceName::new(name, ns))
-        .ok_or(Refusal::BadRequest("missing or malformed x-strait-service"))?;
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let number = |name: &HeaderName| text(name).and_then(|v| v.parse::<u16>().ok());
     let state = conn.proxy.store.load();
     let config = &state.config;
-    let svc = state
-        .snapshot
-        .service(&service)
-        .ok_or_else(|| Refusal::UnknownService(service.clone()))?;
+    // Looked up by the header value itself; a `ServiceName` is made only
+    // to say what was refused.
+    let named = headers.get(&SERVICE_HEADER);
+    let Some(svc) = named.and_then(|v| state.snapshot.service_by_mesh_name(v)) else {
+        let asked = text(&SERVICE_HEADER)
+            .and_then(|s| s.split_once('.'))
+            .map(|(name, ns)| ServiceName::new(name, ns))
+            .ok_or(Refusal::BadRequest("missing or malformed x-strait-service"))?;
+        return Err(Refusal::UnknownService(asked));
+    };
     if !authorized(svc.export.as_ref(), &conn.peer, &config.inbound) {
-        return Err(Refusal::Unauthorized { service });
+        return Err(Refusal::Unauthorized {
+            service: svc.name.clone(),
+        });
     }
-    let service_port = number(PORT_HEADER);
-    let target_port = resolve_port(svc, service_port, number(TARGET_PORT_HEADER))?;
-    let version = match text(PROTOCOL_HEADER) {
+    let service_port = number(&PORT_HEADER);
+    let target_port = resolve_port(svc, service_port, number(&TARGET_PORT_HEADER))?;
+    let version = match text(&PROTOCOL_HEADER) {
         Some("http2") => Version::Http2,
         _ => Version::Http1,
     };
@@ -337,7 +342,7 @@ async fn forward_http(
     ] {
         parts.headers.remove(h);
     }
-    parts.headers.insert(XFCC_HEADER, conn.xfcc.clone());
+    parts.headers.insert(XFCC, conn.xfcc.clone());
     if route.version == Version::Http1 {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::client::conn::http2;
@@ -39,10 +39,12 @@ use super::Error;
 use crate::discovery::{EndpointKind, Service, ServiceName};
 use crate::identity::{self, HandshakeFailure, IdentityStore, SpiffeId};
 
-pub(crate) const SERVICE_HEADER: &str = "x-strait-service";
-pub(crate) const PORT_HEADER: &str = "x-strait-port";
-pub(crate) const TARGET_PORT_HEADER: &str = "x-strait-target-port";
-pub(crate) const PROTOCOL_HEADER: &str = "x-strait-protocol";
+// Header names, not `&str`: a `&str` name is parsed and checked on every
+// insert and lookup, twice per request on each side of the mesh hop.
+pub(crate) const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-strait-service");
+pub(crate) const PORT_HEADER: HeaderName = HeaderName::from_static("x-strait-port");
+pub(crate) const TARGET_PORT_HEADER: HeaderName = HeaderName::from_static("x-strait-target-port");
+pub(crate) const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("x-strait-protocol");
 
 /// The identity a peer must present, borrowed from the service and the
 /// trust domain (nothing is allocated per request).
