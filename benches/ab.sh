@@ -22,6 +22,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { printf '[%s] ab.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=bench-lib.sh
+source "$HERE/bench-lib.sh"
 
 A=${1:-} B=${2:-}
 [[ -x $A && -x $B ]] || die "usage: ab.sh A_BINARY B_BINARY [--rounds N] [--seconds S] [--out DIR]"
@@ -59,24 +61,7 @@ for p in 18081 18082 18140; do
   ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || die "port $p is in use (another benchmark running?)"
 done
 
-body=$(head -c 64 /dev/zero | tr '\0' 'x')
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $WORK/nginx.pid;
-error_log stderr warn;
-events { worker_connections 10000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-    fastcgi_temp_path $WORK/fastcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server { listen 127.0.0.1:18081 backlog=4096; listen 127.0.0.1:18082 backlog=4096;
-             location / { return 200 "$body"; } }
-}
-EOF
+nginx_conf "$WORK" >"$WORK/nginx.conf"
 taskset -c 0 nginx -p "$WORK/" -e stderr -c "$WORK/nginx.conf" >"$OUT/nginx.log" 2>&1 &
 PIDS+=($!)
 wait_port 127.0.0.1 18081 || die "nginx did not start (see $OUT/nginx.log)"

@@ -27,6 +27,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { printf '[%s] instructions.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=bench-lib.sh
+source "$HERE/bench-lib.sh"
 
 BIN=/work/target-bench/release/strait OUT="" HAPROXY=1 N1=5000 N2=25000
 while (($#)); do
@@ -63,24 +65,7 @@ for p in 18081 18082 18160; do
   ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || die "port $p is in use (another benchmark running?)"
 done
 
-body=$(head -c 64 /dev/zero | tr '\0' 'x')
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $WORK/nginx.pid;
-error_log stderr warn;
-events { worker_connections 10000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-    fastcgi_temp_path $WORK/fastcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server { listen 127.0.0.1:18081; listen 127.0.0.1:18082;
-             location / { return 200 "$body"; } }
-}
-EOF
+nginx_conf "$WORK" >"$WORK/nginx.conf"
 nginx -p "$WORK/" -e stderr -c "$WORK/nginx.conf" >"$OUT/nginx.log" 2>&1 &
 PIDS+=($!)
 

@@ -45,6 +45,8 @@ set -euo pipefail
 me=strait-bench-2hop.sh
 say() { printf '%s: %s\n' "$me" "$*" >&2; }
 fail() { say "ERROR: $*"; exit 1; }
+# shellcheck source=bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 bin=${1:?usage: strait-bench-2hop.sh STRAIT_BINARY}
 [[ -x $bin ]] || fail "$bin is not an executable"
@@ -56,10 +58,6 @@ server_admin=${BENCH_2HOP_ADMIN:-127.0.0.1:18152}
 [[ $h2_listen != "$BENCH_LISTEN" ]] ||
   fail "BENCH_H2_LISTEN must differ from BENCH_LISTEN (see strait-bench-proxy.sh)"
 
-check_addr() {
-  [[ $2 =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}:[0-9]+$ ]] ||
-    fail "$1 '$2' is not 127.x.y.z:PORT"
-}
 check_addr "server proxy VIP (BENCH_2HOP_SERVER)" "$server_h1"
 check_addr "server admin (BENCH_2HOP_ADMIN)" "$server_admin"
 server_h2=${server_h1%:*}:$((${server_h1##*:} + 1))
@@ -68,32 +66,6 @@ for a in "$server_h1" "$server_h2" "$server_admin"; do
     fail "port ${a##*:} (for $a) is already in use"
   fi
 done
-
-# service NAME LISTEN BACKENDS: as in strait-bench-proxy.sh.
-service() {
-  local name=$1 listen=$2 b i=0
-  local -a backends
-  check_addr "$name listen address" "$listen"
-  cat <<EOF
-  - apiVersion: v1
-    kind: Service
-    metadata: { name: $name, namespace: bench }
-    spec: { clusterIP: ${listen%:*}, ports: [{ name: web, port: ${listen##*:} }] }
-EOF
-  IFS=, read -ra backends <<<"$3"
-  for b in "${backends[@]}"; do
-    check_addr "$name backend" "$b"
-    i=$((i + 1))
-    cat <<EOF
-  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: { name: $name-$i, namespace: bench, labels: { kubernetes.io/service-name: $name } }
-    addressType: IPv4
-    endpoints: [{ addresses: ["${b%:*}"] }]
-    ports: [{ name: web, port: ${b##*:} }]
-EOF
-  done
-}
 
 # config ROLE ADMIN H1 H1_BACKENDS H2 H2_BACKENDS
 config() {
@@ -118,30 +90,10 @@ config client 127.0.0.1:0 "$BENCH_LISTEN" "$server_h1" "$h2_listen" "$server_h2"
 "$bin" proxy --check-config "$client_cfg" >&2
 
 server_pid="" client_pid=""
-alive() {
-  local st
-  [[ -n $1 ]] || return 1
-  read -r st 2>/dev/null <"/proc/$1/stat" || return 1
-  st=${st##*) }
-  [[ ${st%% *} != Z ]]
-}
 stop() {
   trap - TERM INT EXIT
-  local p i any
-  for p in $client_pid $server_pid; do kill -TERM "$p" 2>/dev/null || true; done
-  for ((i = 0; i < 40; i++)); do
-    any=0
-    for p in $client_pid $server_pid; do alive "$p" && any=1; done
-    ((any)) || break
-    sleep 0.1
-  done
-  for p in $client_pid $server_pid; do
-    if alive "$p"; then
-      say "pid $p did not stop within 4 s; KILL"
-      kill -KILL "$p" 2>/dev/null || true
-    fi
-  done
-  for p in $client_pid $server_pid; do wait "$p" 2>/dev/null || true; done
+  # Client first: it closes its connections to the server proxy.
+  stop_pids $client_pid $server_pid
 }
 trap 'stop; exit 143' TERM
 trap 'stop; exit 130' INT

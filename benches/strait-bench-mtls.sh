@@ -65,6 +65,8 @@ set -euo pipefail
 me=strait-bench-mtls.sh
 say() { printf '%s: %s\n' "$me" "$*" >&2; }
 fail() { say "ERROR: $*"; exit 1; }
+# shellcheck source=bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 bin=${1:?usage: strait-bench-mtls.sh STRAIT_BINARY}
 [[ -x $bin ]] || fail "$bin is not an executable"
@@ -79,11 +81,6 @@ if [[ $h2_listen == "$BENCH_LISTEN" ]]; then
     "HTTP/1.1 backends as HTTP/2 (see strait-bench-proxy.sh)"
 fi
 
-# check_addr WHAT VALUE: 127.x.y.z:PORT only (loopback, as l7.sh insists).
-check_addr() {
-  [[ $2 =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}:[0-9]+$ ]] ||
-    fail "$1 '$2' is not 127.x.y.z:PORT"
-}
 check_addr "client mesh listener (BENCH_MTLS_CLIENT_MESH)" "$client_mesh"
 check_addr "server admin (BENCH_MTLS_SERVER_ADMIN)" "$server_admin"
 [[ $mesh_port =~ ^[0-9]+$ ]] && ((mesh_port >= 1 && mesh_port <= 65535)) ||
@@ -142,34 +139,6 @@ if ((!fresh)); then
 fi
 
 # ------------------------------------------------------------------ configs
-# service NAME LISTEN BACKENDS: a Service on LISTEN and one EndpointSlice per
-# backend (a slice has one port list, so backends on different ports each
-# need their own slice). As in strait-bench-proxy.sh.
-service() {
-  local name=$1 listen=$2 b i=0
-  local -a backends
-  check_addr "$name listen address" "$listen"
-  cat <<EOF
-  - apiVersion: v1
-    kind: Service
-    metadata: { name: $name, namespace: bench }
-    spec: { clusterIP: ${listen%:*}, ports: [{ name: web, port: ${listen##*:} }] }
-EOF
-  IFS=, read -ra backends <<<"$3"
-  for b in "${backends[@]}"; do
-    check_addr "$name backend" "$b"
-    i=$((i + 1))
-    cat <<EOF
-  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: { name: $name-$i, namespace: bench, labels: { kubernetes.io/service-name: $name } }
-    addressType: IPv4
-    endpoints: [{ addresses: ["${b%:*}"] }]
-    ports: [{ name: web, port: ${b##*:} }]
-EOF
-  done
-}
-
 # common ROLE CLUSTER: identity, inbound, runtime and log sections.
 common() {
   cat <<EOF
@@ -211,35 +180,11 @@ client_cfg=$work/client.yaml server_cfg=$work/server.yaml
 # ---------------------------------------------------------------- processes
 server_pid="" client_pid=""
 
-# alive PID: running and not yet a zombie (our own exited children stay
-# visible to `kill -0` until reaped).
-alive() {
-  local st
-  [[ -n $1 ]] || return 1
-  read -r st 2>/dev/null <"/proc/$1/stat" || return 1
-  st=${st##*) }
-  [[ ${st%% *} != Z ]]
-}
-
 # stop: TERM the client (it closes its mesh connections), then the server;
 # KILL whichever of the two is still running after 4 s. Only these PIDs.
 stop() {
   trap - TERM INT EXIT
-  local p i any
-  for p in $client_pid $server_pid; do kill -TERM "$p" 2>/dev/null || true; done
-  for ((i = 0; i < 40; i++)); do
-    any=0
-    for p in $client_pid $server_pid; do alive "$p" && any=1; done
-    ((any)) || break
-    sleep 0.1
-  done
-  for p in $client_pid $server_pid; do
-    if alive "$p"; then
-      say "pid $p did not stop within 4 s; KILL"
-      kill -KILL "$p" 2>/dev/null || true
-    fi
-  done
-  for p in $client_pid $server_pid; do wait "$p" 2>/dev/null || true; done
+  stop_pids $client_pid $server_pid
 }
 trap 'stop; exit 143' TERM
 trap 'stop; exit 130' INT

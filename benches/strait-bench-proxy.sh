@@ -41,39 +41,9 @@ if [[ $h2_listen == "$BENCH_LISTEN" ]]; then
   exit 1
 fi
 
-# check_addr WHAT VALUE: 127.x.y.z:PORT only (loopback, as l7.sh insists).
-check_addr() {
-  [[ $2 =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}:[0-9]+$ ]] ||
-    { echo "strait-bench-proxy.sh: $1 '$2' is not 127.x.y.z:PORT" >&2; exit 1; }
-}
-
-# service NAME LISTEN BACKENDS: a Service on LISTEN and one EndpointSlice per
-# backend (a slice has one port list, so backends on different ports each
-# need their own slice).
-service() {
-  local name=$1 listen=$2 b i=0
-  local -a backends
-  check_addr "$name listen address" "$listen"
-  cat <<EOF
-  - apiVersion: v1
-    kind: Service
-    metadata: { name: $name, namespace: bench }
-    spec: { clusterIP: ${listen%:*}, ports: [{ name: web, port: ${listen##*:} }] }
-EOF
-  IFS=, read -ra backends <<<"$3"
-  for b in "${backends[@]}"; do
-    check_addr "$name backend" "$b"
-    i=$((i + 1))
-    cat <<EOF
-  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: { name: $name-$i, namespace: bench, labels: { kubernetes.io/service-name: $name } }
-    addressType: IPv4
-    endpoints: [{ addresses: ["${b%:*}"] }]
-    ports: [{ name: web, port: ${b##*:} }]
-EOF
-  done
-}
+me=strait-bench-proxy.sh
+# shellcheck source=bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 work=${BENCH_WORK:-/tmp/bench-work}/strait
 mkdir -p "$work"

@@ -87,18 +87,25 @@ impl VipAllocator {
             let Some(service) = snapshot.services.get_mut(&name) else {
                 continue;
             };
-            // A service without VIPs has no `by_addr` entries, so the map's
-            // Arc is the only one unless the publisher kept a clone.
-            let Some(s) = Arc::get_mut(service) else {
+            // A service without VIPs has no `by_addr` entries, so besides the
+            // mesh-name index (let go here, restored below) the map's Arc is
+            // the only one unless the publisher kept a clone.
+            let indexed = snapshot.by_mesh_name.remove(&service.mesh_name).is_some();
+            if let Some(s) = Arc::get_mut(service) {
+                s.vips.push(ip);
+                for (i, port) in service.ports.iter().enumerate() {
+                    snapshot.by_addr.insert(
+                        SocketAddr::new(ip, port.port),
+                        Target::new(Arc::clone(service), i),
+                    );
+                }
+            } else {
                 warn!(service = %name, "snapshot shared before publish; VIP not assigned");
-                continue;
-            };
-            s.vips.push(ip);
-            for (i, port) in service.ports.iter().enumerate() {
-                snapshot.by_addr.insert(
-                    SocketAddr::new(ip, port.port),
-                    Target::new(Arc::clone(service), i),
-                );
+            }
+            if indexed {
+                snapshot
+                    .by_mesh_name
+                    .insert(service.mesh_name.clone(), Arc::clone(service));
             }
         }
     }
@@ -167,9 +174,11 @@ mesh:
     }
 
     fn vip(snapshot: &Snapshot, name: &str) -> Vec<IpAddr> {
-        snapshot.services[&ServiceName::new(name, "shop")]
-            .vips
-            .clone()
+        let service = &snapshot.services[&ServiceName::new(name, "shop")];
+        // The mesh hop's index sees the same service, VIPs and all.
+        let indexed = snapshot.service_by_mesh_name(&service.mesh_name).unwrap();
+        assert!(Arc::ptr_eq(service, indexed), "{name}: index is stale");
+        service.vips.clone()
     }
 
     #[test]
