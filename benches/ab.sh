@@ -22,6 +22,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { printf '[%s] ab.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+me=ab.sh
 # shellcheck source=bench-lib.sh
 source "$HERE/bench-lib.sh"
 
@@ -47,19 +48,9 @@ WORK=$OUT/work
 mkdir -p "$WORK"
 
 PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
+cleanup() { kill_pids "${PIDS[@]}"; }
 trap cleanup EXIT
-wait_port() { # HOST PORT: bounded, 10 s
-  local i
-  for ((i = 0; i < 100; i++)); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
-  return 1
-}
-for p in 18081 18082 18140; do
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || die "port $p is in use (another benchmark running?)"
-done
+ports_free 18081 18082 18140 || exit 1
 
 nginx_conf "$WORK" >"$WORK/nginx.conf"
 taskset -c 0 nginx -p "$WORK/" -e stderr -c "$WORK/nginx.conf" >"$OUT/nginx.log" 2>&1 &

@@ -10,6 +10,9 @@
 #   nginx_conf WORK           an nginx.conf (1 worker, `return 200` with 64 B on
 #                             127.0.0.1:18081 and :18082, keep-alive without
 #                             limit) with its temp paths under WORK, on stdout
+#   wait_port HOST PORT       until HOST:PORT accepts a connection; at most 10 s
+#   ports_free PORT...        none of 127.0.0.1:PORT accepts; else names the first taken one
+#   kill_pids PID...          TERM each (for EXIT traps; no waiting)
 #   alive PID                 running and not a zombie (an exited child stays
 #                             visible to `kill -0` until reaped)
 #   stop_pids PID...          TERM each, KILL what still runs after 4 s, reap
@@ -92,4 +95,25 @@ stop_pids() {
     fi
   done
   for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+wait_port() {
+  local i
+  for ((i = 0; i < 100; i++)); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+
+ports_free() {
+  local p
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      printf '%s: port %s is in use (another benchmark running?)\n' "${me:-bench}" "$p" >&2
+      return 1
+    fi
+  done
+}
+
+kill_pids() {
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
 }

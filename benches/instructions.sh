@@ -27,6 +27,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { printf '[%s] instructions.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+me=instructions.sh
 # shellcheck source=bench-lib.sh
 source "$HERE/bench-lib.sh"
 
@@ -56,14 +57,9 @@ WORK=$OUT/work
 mkdir -p "$WORK"
 
 PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
+cleanup() { kill_pids "${PIDS[@]}"; }
 trap cleanup EXIT
-for p in 18081 18082 18160; do
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || die "port $p is in use (another benchmark running?)"
-done
+ports_free 18081 18082 18160 || exit 1
 
 nginx_conf "$WORK" >"$WORK/nginx.conf"
 nginx -p "$WORK/" -e stderr -c "$WORK/nginx.conf" >"$OUT/nginx.log" 2>&1 &
