@@ -12,6 +12,7 @@ mod accept;
 mod access_log;
 mod conn_io;
 pub(crate) mod detect;
+mod executor;
 pub(crate) mod gateway;
 pub(crate) mod http;
 pub(crate) mod inbound;

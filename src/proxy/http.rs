@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use body::ProxyBody;
@@ -27,6 +27,7 @@ pub(crate) use endpoint::{connect_tcp, Failed, Limits, Pool};
 pub(crate) use logical::Conn;
 
 use super::conn_io::ServerIo;
+use super::executor::BoxingExecutor;
 use crate::config::Http;
 
 /// The HTTP version of a client connection, kept on the upstream side.
@@ -76,7 +77,7 @@ pub(crate) async fn serve(
             }
         }
         Version::Http2 => {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+            let mut builder = http2::Builder::new(BoxingExecutor);
             builder.timer(TokioTimer::new());
             let c = builder.serve_connection(io, svc);
             tokio::pin!(c);

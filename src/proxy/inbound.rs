@@ -24,13 +24,14 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
+use super::executor::BoxingExecutor;
 use super::http::{connect_tcp, Limits, ProxyBody, ReqBody, Version};
 use super::mesh::{PORT_HEADER, PROTOCOL_HEADER, SERVICE_HEADER, TARGET_PORT_HEADER};
 use super::metrics::RequestRecorder;
@@ -129,7 +130,7 @@ async fn mesh_connection(proxy: Arc<Proxy>, identity: Arc<IdentityStore>, stream
         recorder: RequestRecorder::new(proxy.metrics.clone(), Direction::Inbound),
     });
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(BoxingExecutor);
     builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)

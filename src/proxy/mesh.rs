@@ -29,11 +29,12 @@ use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::client::conn::http2;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, Instrument};
 
+use super::executor::BoxingExecutor;
 use super::http::{connect_tcp, Failed, ProxyBody, ReqBody, Version};
 use super::Error;
 use crate::discovery::{EndpointKind, Service, ServiceName};
@@ -461,7 +462,7 @@ async fn connect(
         .handshakes
         .with_label_values(&["outbound", "ok", "none"])
         .inc();
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let (sender, conn) = http2::Builder::new(BoxingExecutor)
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .initial_stream_window_size(1 << 20)

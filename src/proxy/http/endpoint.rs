@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,6 +25,7 @@ use tracing::{debug, Instrument};
 
 use super::body::{ProxyBody, ReqBody};
 use super::Version;
+use crate::proxy::executor::BoxingExecutor;
 use crate::proxy::Error;
 
 #[derive(Debug, Clone, Default)]
@@ -346,7 +347,7 @@ async fn connect_h2(
     timeout: Duration,
 ) -> Result<http2::SendRequest<ReqBody>, Error> {
     let stream = connect_tcp(addr, timeout).await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let (sender, conn) = http2::Builder::new(BoxingExecutor)
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .handshake(TokioIo::new(stream))
