@@ -7,9 +7,11 @@
 #                             EndpointSlice per comma-separated backend (a slice
 #                             has one port list, so backends on different ports
 #                             each need their own slice)
-#   nginx_conf WORK           an nginx.conf (1 worker, `return 200` with 64 B on
-#                             127.0.0.1:18081 and :18082, keep-alive without
-#                             limit) with its temp paths under WORK, on stdout
+#   nginx_conf WORK [H2C]     an nginx.conf (1 worker, `return 200` with 64 B on
+#                             127.0.0.1:18081 and :18082, and h2c with prior
+#                             knowledge on 127.0.0.1:18083 when H2C is "h2c";
+#                             keep-alive without limit) with its temp paths
+#                             under WORK, on stdout
 #   wait_port HOST PORT       until HOST:PORT accepts a connection; at most 10 s
 #   ports_free PORT...        none of 127.0.0.1:PORT accepts; else names the first taken one
 #   kill_pids PID...          TERM each (for EXIT traps; no waiting)
@@ -50,8 +52,9 @@ EOF
 }
 
 nginx_conf() {
-  local work=$1 body
+  local work=$1 body h2c=""
   body=$(head -c 64 /dev/zero | tr '\0' 'x')
+  [[ ${2:-} == h2c ]] && h2c="server { listen 127.0.0.1:18083 http2; location / { return 200 \"$body\"; } }"
   cat <<EOF
 worker_processes 1;
 daemon off;
@@ -67,6 +70,7 @@ http {
     keepalive_timeout 300s;
     server { listen 127.0.0.1:18081 backlog=4096; listen 127.0.0.1:18082 backlog=4096;
              location / { return 200 "$body"; } }
+    $h2c
 }
 EOF
 }

@@ -32,7 +32,16 @@
 #      to (target <= 1.5): p99 at 1000 req/s of strait-mtls over the
 #      plaintext path, against both plaintext entries (the same two hops, and
 #      one proxy), for HTTP/1.1 and h2c, from the run's medians.tsv; appended
-#      to summary.md.
+#      to summary.md;
+#   4. then measures that ratio again with benches/mesh-p99.sh (into
+#      OUT/interleaved/): the same four targets, all up at once, in ROUNDS
+#      interleaved SLICE-second runs at 1000 req/s, percentiles over the
+#      pooled requests. Step 2 runs each target for 10 s in turn, so a burst
+#      of host noise (this VM's bare-backend p99 drifts between 300 and
+#      1,300 µs from minute to minute) lands on one target and moves the
+#      ratio by 0.3 or more between otherwise equal runs; interleaving spreads
+#      it over all targets. Both tables are printed; the interleaved one is
+#      the one the target is judged on (--no-interleaved skips step 4).
 #
 # Usage:
 #   benches/mtls.sh [--bin PATH] [--target-dir DIR] [--out DIR]
@@ -50,7 +59,9 @@
 #   --strait-listen ADDR [127.0.0.1:18130]  --strait-h2-listen ADDR [127.0.0.1:18131]
 #   --mtls-listen ADDR [127.0.0.1:18132]    --mtls-h2-listen ADDR [127.0.0.1:18133]
 #   --2hop-listen ADDR [127.0.0.1:18134]    --2hop-h2-listen ADDR [127.0.0.1:18135]
-#   --no-2hop               leave the plaintext two-proxy entry out
+#   --no-2hop               leave the plaintext two-proxy entry out (and step 4)
+#   --no-interleaved        skip step 4
+#   --rounds N [10]  --slice S [3]  step 4's rounds and seconds per slice
 #   --reps N [3]  --duration S [10]  --rates "R:C ..." [1000:10]
 #                           everything else is passed to l7.sh unchanged
 #   The mTLS wrapper also uses 127.0.0.1:18140 (server proxy's mesh listener,
@@ -60,8 +71,10 @@
 #
 # Time: about 45 s per target (direct, strait, strait-mtls, strait-2hop) per
 # repetition with the default 10 s runs and one rate, so about 3 min per
-# repetition and 9-10 min for 3 reps, plus the build; `--reps 1 --duration 3`
-# is a 1.5 min smoke test.
+# repetition and 9-10 min for 3 reps, plus about 5.5 min for step 4, plus the
+# build; `--reps 1 --duration 3 --rounds 2 --slice 1` is a 2.5 min smoke test.
+# Step 4 uses the default ports of mesh-p99.sh (127.0.0.1:18081-18083,
+# 18130-18135, 18140-18142, 18150-18152) whatever the --*-listen options say.
 #
 # Needs (Debian 12): apt-get install -y --no-install-recommends wrk \
 #   nghttp2-client nginx-light curl procps iproute2 util-linux coreutils
@@ -87,6 +100,7 @@ BIN="" TARGET_DIR=/work/target-bench OUT="" BUILT=0
 STRAIT_LISTEN=127.0.0.1:18130 STRAIT_H2_LISTEN=127.0.0.1:18131
 MTLS_LISTEN=127.0.0.1:18132 MTLS_H2_LISTEN=127.0.0.1:18133
 TWOHOP_LISTEN=127.0.0.1:18134 TWOHOP_H2_LISTEN=127.0.0.1:18135 TWOHOP=1
+INTERLEAVED=1 ROUNDS=10 SLICE=3
 declare -a PASS=()
 HAVE_REPS=0 HAVE_DURATION=0 HAVE_RATES=0 RATES="1000:10"
 need_arg() { (($# >= 2)) || die "$1 needs a value"; }
@@ -102,6 +116,9 @@ while (($#)); do
     --2hop-listen) need_arg "$@"; TWOHOP_LISTEN=$2; shift 2 ;;
     --2hop-h2-listen) need_arg "$@"; TWOHOP_H2_LISTEN=$2; shift 2 ;;
     --no-2hop) TWOHOP=0; shift ;;
+    --no-interleaved) INTERLEAVED=0; shift ;;
+    --rounds) need_arg "$@"; ROUNDS=$2; shift 2 ;;
+    --slice) need_arg "$@"; SLICE=$2; shift 2 ;;
     --no-h2) PASS+=("$1"); shift ;;
     --reps) need_arg "$@"; HAVE_REPS=1; PASS+=("$1" "$2"); shift 2 ;;
     --duration) need_arg "$@"; HAVE_DURATION=1; PASS+=("$1" "$2"); shift 2 ;;
@@ -126,7 +143,8 @@ L7=$(cd "$(dirname "$L7")" && pwd)/l7.sh
 PLAIN=$HERE/strait-bench-proxy.sh
 MTLS=$HERE/strait-bench-mtls.sh
 TWOHOP_WRAPPER=$HERE/strait-bench-2hop.sh
-for w in "$PLAIN" "$MTLS" "$TWOHOP_WRAPPER"; do [[ -x $w ]] || die "missing or not executable: $w"; done
+INTERLEAVE=$HERE/mesh-p99.sh
+for w in "$PLAIN" "$MTLS" "$TWOHOP_WRAPPER" "$INTERLEAVE"; do [[ -x $w ]] || die "missing or not executable: $w"; done
 
 missing=()
 for t in wrk h2load nginx curl taskset ss ps timeout find; do command -v "$t" >/dev/null || missing+=("$t"); done
@@ -192,7 +210,7 @@ kill "$SAMPLER" 2>/dev/null || true
 ratio_report() {
   local med=$OUT/medians.tsv
   echo
-  echo "### mTLS vs plaintext: p99 at 1000 req/s (medians; target: ratio <= 1.5)"
+  echo "### mTLS vs plaintext: p99 at 1000 req/s, sequential runs (l7.sh medians)"
   echo
   if [[ ! -s $med ]] || ! grep -q $'\th1_at1000_p99_us\t' "$med"; then
     echo "No 1000 req/s rate in this run (--rates '$RATES'): compare the h1@R/h2@R rows of strait and strait-mtls in $OUT/summary.md."
@@ -224,6 +242,22 @@ ratio_report() {
   echo "strait-2hop = the same two proxies in plaintext (HTTP/1.1 or h2c between them), counted alike."
 }
 ratio_report | tee -a "$OUT/summary.md"
+
+# ------------------------------------------- the same ratio, interleaved
+if ((INTERLEAVED && TWOHOP)); then
+  log "step 4: interleaved latency at 1000 req/s ($ROUNDS rounds x ${SLICE}s per target and protocol)"
+  "$INTERLEAVE" --bin "$BIN" --rounds "$ROUNDS" --slice "$SLICE" --rate 1000 --conns 10 \
+    --out "$OUT/interleaved" >"$OUT/interleaved.log" 2>&1 ||
+    die "mesh-p99.sh failed (exit $?); see $OUT/interleaved.log"
+  {
+    echo
+    echo "### mTLS vs plaintext: p99 at 1000 req/s, interleaved (benches/mesh-p99.sh; target: ratio <= 1.5)"
+    echo
+    echo "All four targets up at once, $ROUNDS rounds of one ${SLICE}s slice each (rotating order);"
+    echo "percentiles over the pooled requests of each target. This is the table the target is judged on."
+    sed -n '/^###/,$p' "$OUT/interleaved/summary.md" | sed 's/^### /#### /'
+  } | tee -a "$OUT/summary.md"
+fi
 log "results: $OUT/summary.md (tables and the ratio), $OUT/medians.tsv, $OUT/raw.tsv, logs in $OUT/logs/,"
 log "  machine load during the run: $OUT/loadavg.log (1/5/15-min load average, runnable/total)"
 log "re-print the l7.sh tables: $(dirname "$L7")/summarize.sh $OUT"
